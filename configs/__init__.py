@@ -1,0 +1,1 @@
+"""Presets (data): shipped inside the package as ``wsrl.configs``."""

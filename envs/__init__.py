@@ -1,0 +1,1 @@
+"""Environment suite specs (data): shipped inside the package as ``wsrl.env_specs``."""

@@ -1,0 +1,103 @@
+"""Ensemble SAC, the WSRL online learner, and the base every other algorithm extends.
+
+One ``update(batch)`` per env step (or per offline step): the batch has a leading UTD axis,
+``[utd, minibatch, ...]``; each minibatch drives one critic step followed by its soft target
+update, then one actor step and one temperature step use the whole batch (DESIGN.md section 2).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wsrl.config import AgentConfig, NetConfig
+from wsrl.nets import ActorCritic
+
+Batch = dict[str, torch.Tensor]
+Metrics = dict[str, torch.Tensor]
+
+
+def td_target(rewards: torch.Tensor, masks: torch.Tensor, next_q: torch.Tensor, discount: float) -> torch.Tensor:
+    """r + gamma * mask * Q(s', a'); mask = 1 - terminated, so a time-limit cut still bootstraps."""
+    return rewards + discount * masks * next_q
+
+
+def subsample_min(q: torch.Tensor, k: int) -> torch.Tensor:
+    """Min over k randomly chosen ensemble members (axis 0): REDQ's target, the WSRL default k=2."""
+    if k == q.shape[0]:
+        return q.min(0).values
+    idx = torch.randperm(q.shape[0], device=q.device)[:k]
+    return q[idx].min(0).values
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """Raises alpha while the policy entropy -log pi is below the target, lowers it above."""
+    return log_alpha.exp() * (-log_prob.detach() - target_entropy).mean()
+
+
+class SAC:
+    name = "sac"
+
+    def __init__(self, model: ActorCritic, cfg: AgentConfig, net: NetConfig):
+        self.model, self.cfg, self.net = model, cfg, net
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(model.act_dim)
+        adam = lambda params, lr: torch.optim.Adam(params, lr=lr)  # noqa: E731
+        self.optimizers = {
+            "actor": adam(model.actor.parameters(), cfg.actor_lr),
+            "critic": adam(model.critic.parameters(), cfg.critic_lr),
+            "temperature": adam([model.log_alpha], cfg.temperature_lr),
+            "value": adam(model.value.parameters(), cfg.value_lr),
+            "cql_alpha": adam([model.cql_log_alpha], cfg.cql_alpha_lr),
+        }
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        """One optimizer step; ``inputs=`` keeps autograd from computing gradients of any other
+        network (e.g. the critic's weights during the actor step)."""
+        opt = self.optimizers[name]
+        params = [p for group in opt.param_groups for p in group["params"]]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=params)
+        opt.step()
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.model.log_alpha.exp().detach()
+
+    def critic_target(self, mb: Batch) -> torch.Tensor:
+        m, cfg = self.model, self.cfg
+        with torch.no_grad():
+            next_actions, next_log_prob = m.actor.sample(mb["next_observations"])
+            next_q = subsample_min(m.target_critic(mb["next_observations"], next_actions), self.net.subsample_size)
+            if cfg.backup_entropy:
+                next_q = next_q - self.alpha * next_log_prob
+            return td_target(mb["rewards"], mb["masks"], next_q, cfg.discount)
+
+    def critic_loss(self, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+        q = self.model.critic(mb["observations"], mb["actions"])  # [E, B]
+        loss = (q - self.critic_target(mb)).pow(2).mean()
+        return loss, {"losses/critic_loss": loss.detach(), "q/q_mean": q.detach().mean()}
+
+    def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+        m = self.model
+        actions, log_prob = m.actor.sample(batch["observations"])
+        # The min over *all* critics is the pessimistic estimate the authors' release uses; the
+        # 2-member subsample is only for the TD target, where it controls overestimation bias.
+        q = m.critic(batch["observations"], actions).min(0).values
+        loss = (self.alpha * log_prob - q).mean()
+        return loss, log_prob, {"losses/actor_loss": loss.detach(), "policy/entropy": -log_prob.detach().mean()}
+
+    def critic_step(self, mb: Batch) -> Metrics:
+        loss, metrics = self.critic_loss(mb)
+        self._step("critic", loss)
+        self.model.soft_update_target(self.cfg.tau)
+        return metrics
+
+    def update(self, batch: Batch) -> Metrics:
+        metrics: Metrics = {}
+        for i in range(batch["observations"].shape[0]):
+            metrics = self.critic_step({k: v[i] for k, v in batch.items()})
+        full = {k: v.flatten(0, 1) for k, v in batch.items()}
+        actor_loss, log_prob, actor_metrics = self.actor_loss(full)
+        self._step("actor", actor_loss)
+        t_loss = temperature_loss(self.model.log_alpha, log_prob, self.target_entropy)
+        self._step("temperature", t_loss)
+        return {**metrics, **actor_metrics, "losses/temperature_loss": t_loss.detach(), "policy/alpha": self.alpha}

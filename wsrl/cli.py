@@ -1,0 +1,124 @@
+"""`wsrl <command>`: picks the preset, parses flags with tyro, calls the library. No logic of its own.
+
+Flag defaults come from, in order: the config dataclasses, the preset (chosen from the env's
+domain and the algorithm, or --preset), the checkpoint being fine-tuned or the run being
+resumed, and finally the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import get_args
+
+import tyro
+
+from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, from_dict, load_preset, merge
+from wsrl.errors import DivergenceError, UserError
+
+USAGE = """usage: wsrl <command> [flags]   (wsrl <command> --help lists every flag)
+
+commands:
+  pretrain   offline pretraining (CQL, Cal-QL, IQL) on a dataset -> checkpoint
+  finetune   online fine-tuning from a checkpoint (WSRL: warmup, fresh buffer, ensemble SAC)
+"""
+
+
+def _peek(args: list[str], flag: str) -> str:
+    """The value of ``--flag`` on the command line (last one wins), or ''."""
+    value = ""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
+    if value and value not in choices:
+        raise UserError(f"{flag}: unknown value '{value}' (choose from {', '.join(choices)})")
+
+
+def _saved_config(cls: type, run_dir: str):
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"--resume {run_dir}: no config.json there (not a wsrl run directory)")
+    data = json.loads(path.read_text())
+    data.pop("kind", None)
+    return from_dict(cls, {**data, "resume": run_dir, "out": run_dir}, str(path))
+
+
+def _domain_preset(args: list[str], algo: str) -> tuple[str, dict]:
+    from wsrl.envs import resolve_env
+
+    env = _peek(args, "--env")
+    name = _peek(args, "--preset") or f"{resolve_env(env).domain if env else 'locomotion'}-{algo}"
+    return name, load_preset(name)
+
+
+def _parse(cls: type, default, args: list[str], command: str):
+    return tyro.cli(cls, default=default, args=args, prog=f"wsrl {command}",
+                    config=(tyro.conf.OmitArgPrefixes,))
+
+
+def parse_pretrain(args: list[str]) -> PretrainConfig:
+    algo = _peek(args, "--algo")
+    _check_choice("--algo", algo, get_args(Algo))
+    resume = _peek(args, "--resume")
+    if resume:
+        return _parse(PretrainConfig, _saved_config(PretrainConfig, resume), args, "pretrain")
+    name, preset = _domain_preset(args, algo or "cql")
+    return _parse(PretrainConfig, merge(PretrainConfig(), preset, f"preset {name}"), args, "pretrain")
+
+
+def parse_finetune(args: list[str]) -> FinetuneConfig:
+    from wsrl.checkpoint import load_checkpoint
+
+    _check_choice("--online-algo", _peek(args, "--online-algo"), get_args(OnlineAlgo))
+    resume = _peek(args, "--resume")
+    if resume:
+        return _parse(FinetuneConfig, _saved_config(FinetuneConfig, resume), args, "finetune")
+    base = FinetuneConfig()
+    checkpoint = _peek(args, "--checkpoint")
+    if checkpoint:
+        # Network shapes, loss settings and reward shaping continue from pretraining.
+        meta, _, _ = load_checkpoint(checkpoint)
+        saved = meta["config"]
+        base = merge(base, {k: saved[k] for k in ("env", "net", "agent", "reward_scale", "reward_bias")},
+                     f"checkpoint {checkpoint}")
+    else:
+        name, preset = _domain_preset(args, "cql")
+        base = merge(base, {"net": preset.get("net", {})}, f"preset {name}")
+    return _parse(FinetuneConfig, merge(base, load_preset("wsrl"), "preset wsrl"), args, "finetune")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wsrl.train import finetune, pretrain
+
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune)}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in commands:
+        print(f"wsrl: error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+        return 2
+    parse, run = commands[command]
+    try:
+        result = run(parse(args))
+    except UserError as e:
+        print(f"wsrl {command}: error: {e}", file=sys.stderr)
+        return 2
+    except DivergenceError as e:
+        print(f"wsrl {command}: training stopped: {e}; the last good checkpoint is kept", file=sys.stderr)
+        return 3
+    if result:
+        print(f"wsrl {command}: done; final evaluation " + ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in result.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Every knob of wsrl as a typed dataclass field.
+
+The field docstrings are the ``--help`` text, the saved ``config.json`` is ``asdict`` of these
+classes, and the presets in ``configs/`` are partial dicts of the same fields. Precedence is
+dataclass default < domain/algorithm preset < command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+from wsrl.errors import UserError
+
+Algo = Literal["cql", "calql", "iql"]
+OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
+
+
+@dataclass
+class NetConfig:
+    """Network shapes. Pretraining and fine-tuning must agree on these."""
+
+    critic_hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of each critic (and of the IQL value net)."""
+    actor_hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the tanh-Gaussian actor."""
+    ensemble_size: int = 10
+    """Number of critics in the ensemble, stored as stacked weights."""
+    subsample_size: int = 2
+    """TD target = min over this many randomly chosen target critics."""
+    layer_norm: bool = True
+    """Dense -> LayerNorm -> ReLU in actor and critic hidden layers."""
+    shared_critic_head: bool = False
+    """One output layer shared by all critics (the authors' JAX release); default per-member heads."""
+    actor_dropout: float = 0.0
+    """Dropout rate in the actor's hidden layers (IQL on kitchen/adroit)."""
+
+
+@dataclass
+class AgentConfig:
+    """Loss hyperparameters of every algorithm; each algorithm reads the fields it needs."""
+
+    discount: float = 0.99
+    """Discount factor gamma."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic ensemble."""
+    temperature_lr: float = 1e-4
+    """Adam learning rate of the SAC temperature."""
+    value_lr: float = 3e-4
+    """Adam learning rate of the IQL value net."""
+    tau: float = 0.005
+    """Soft target update rate, applied after every critic step."""
+    init_temperature: float = 1.0
+    """Initial SAC temperature alpha."""
+    target_entropy: float | None = None
+    """Target entropy for the temperature; None means -|A|."""
+    backup_entropy: bool = False
+    """Subtract alpha * log pi(a'|s') in the TD target."""
+    cql_n_actions: int = 10
+    """Sampled actions per state, from each of uniform, pi(s) and pi(s')."""
+    cql_alpha: float = 5.0
+    """Weight of the conservative penalty (initial value when Lagrange-tuned)."""
+    cql_lagrange: bool = False
+    """Tune the CQL alpha by dual gradient descent towards cql_target_gap."""
+    cql_target_gap: float = 0.8
+    """Target value of logsumexp Q - Q(data) when cql_lagrange is on."""
+    cql_alpha_lr: float = 3e-4
+    """Adam learning rate of the Lagrange-tuned CQL alpha."""
+    cql_importance_sample: bool = True
+    """Importance-weight the sampled actions by their proposal densities."""
+    cql_max_target_backup: bool = True
+    """TD target uses the max over cql_n_actions sampled next actions."""
+    cql_temperature: float = 1.0
+    """Temperature of the logsumexp in the CQL penalty."""
+    sparse_reward: bool | None = None
+    """Cal-QL: a trajectory that never succeeds gets r/(1-gamma) as return-to-go at every step; None takes the env suite's."""
+    expectile: float = 0.7
+    """IQL expectile tau of the value loss."""
+    iql_temperature: float = 3.0
+    """IQL inverse temperature beta of the advantage-weighted actor."""
+    iql_max_weight: float = 100.0
+    """Clip of exp(beta * advantage) in the IQL actor loss."""
+
+
+@dataclass
+class RunConfig:
+    """What every training command shares: where, how long, how it is watched."""
+
+    env: str = ""
+    """Gymnasium id (e.g. Hopper-v5) or D4RL name (e.g. hopper-medium-v2)."""
+    out: str = ""
+    """Run directory for checkpoints, TensorBoard events, metrics.jsonl and config.json."""
+    seed: int = 0
+    """Seed of torch, numpy and the environments (evaluation env uses seed + 1000)."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    preset: str = ""
+    """Preset in configs/ to start from; empty picks it from the env's domain."""
+    reward_scale: float | None = None
+    """Rewards are trained on as reward * reward_scale + reward_bias; None takes the env suite's (evaluation is unscaled)."""
+    reward_bias: float | None = None
+    """See reward_scale; None takes the env suite's."""
+    eval_every: int = 20_000
+    """Evaluate the deterministic policy every this many steps (and at the end)."""
+    eval_episodes: int = 20
+    """Episodes per evaluation."""
+    log_every: int = 1_000
+    """Fetch metrics from the device and log them every this many steps."""
+    save_every: int = 50_000
+    """Write a checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep on disk."""
+    overwrite: bool = False
+    """Replace a different run already in --out."""
+    compile: bool = False
+    """torch.compile the update step."""
+    cuda_graph: bool = True
+    """On CUDA, capture the whole per-step update as a CUDA graph (ignored on CPU)."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default (one per physical core)."""
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    """Offline pretraining: `wsrl pretrain`."""
+
+    dataset: str = ""
+    """D4RL-schema HDF5 path, D4RL name (looked up in $D4RL_DATASET_DIR or ~/.d4rl/datasets), or minari:<id>."""
+    algo: Algo = "cql"
+    """Offline algorithm."""
+    steps: int = 250_000
+    """Gradient steps of offline training."""
+    batch_size: int = 256
+    """Minibatch size."""
+    download: bool = False
+    """Allow minari to download a dataset that is not on this machine."""
+    resume: str = ""
+    """Run directory to continue from its newest complete checkpoint (its config.json is the default for every flag)."""
+    net: NetConfig = field(default_factory=NetConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """Online fine-tuning: `wsrl finetune`."""
+
+    checkpoint: str = ""
+    """Pretraining run directory (or one of its checkpoints/step_* folders) to start from."""
+    from_scratch: bool = False
+    """No checkpoint: freshly initialised networks (SAC; with --offline-ratio 0.5 this is RLPD)."""
+    resume: str = ""
+    """Fine-tuning run directory to continue from its newest complete checkpoint, replay buffer included."""
+    online_algo: OnlineAlgo = "sac"
+    """Online loss: sac (WSRL) or keep training with the pretraining loss."""
+    steps: int = 500_000
+    """Online env steps in total, warmup included."""
+    warmup_steps: int = 5_000
+    """Env steps with the frozen pretrained policy (sampled actions) before any update."""
+    utd: int = 4
+    """Critic updates per env step; the batch is split into this many minibatches."""
+    batch_size: int = 1024
+    """Transitions per env step's update: utd critic minibatches of batch_size/utd, one actor step on all."""
+    num_envs: int = 1
+    """Vectorised training envs stepped together with one batched policy forward."""
+    buffer_capacity: int = 2_000_000
+    """Replay buffer size (device-resident, float32)."""
+    dataset: str = ""
+    """Offline dataset, needed by --offline-ratio and --offline-append."""
+    offline_ratio: float = 0.0
+    """Fraction of every batch drawn from the offline data (0 = WSRL)."""
+    offline_append: bool = False
+    """Put the offline data into the replay buffer before online training."""
+    download: bool = False
+    """Allow minari to download a dataset that is not on this machine."""
+    net: NetConfig = field(default_factory=NetConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict, where: str) -> Any:
+    """Build ``cls`` from a (possibly partial) dict, refusing unknown keys by name."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise UserError(f"{where}: unknown field '{key}' for {cls.__name__}")
+        ftype = names[key].type
+        sub = {"NetConfig": NetConfig, "AgentConfig": AgentConfig}.get(str(ftype))
+        if sub is not None:
+            value = from_dict(sub, value, where)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def merge(cfg: Any, overrides: dict, where: str) -> Any:
+    """Return a copy of ``cfg`` with the fields in ``overrides`` (nested dicts for net/agent)."""
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return from_dict(type(cfg), data, where)
+
+
+def preset_names() -> list[str]:
+    files = resources.files("wsrl.configs").iterdir()
+    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
+
+
+def load_preset(name: str) -> dict:
+    path = resources.files("wsrl.configs") / f"{name}.json"
+    if not path.is_file():
+        raise UserError(f"--preset: unknown preset '{name}' (known: {', '.join(preset_names())})")
+    data = json.loads(path.read_text())
+    data.pop("_comment", None)
+    return data

@@ -1,0 +1,1 @@
+"""Offline datasets, the replay buffer and rollout collection."""

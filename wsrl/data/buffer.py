@@ -1,0 +1,96 @@
+"""Device-resident float32 replay buffer; all UTD minibatches of a step are sampled in one call."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from wsrl.data.offline import OfflineData, returns_to_go
+
+
+def _columns(obs_dim: int, act_dim: int) -> dict[str, tuple[int, ...]]:
+    return {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,),
+            "masks": (), "mc_returns": ()}
+
+
+class ReplayBuffer:
+    """Fixed capacity, circular. ``masks`` = 1 - terminated; ``mc_returns`` is Cal-QL's bound
+    (-inf, i.e. no bound, until the transition's episode has ended and its return is known)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str, seed: int = 0):
+        self.capacity, self.device = capacity, torch.device(device)
+        self.storage = {k: torch.zeros((capacity, *shape), dtype=torch.float32, device=self.device)
+                        for k, shape in _columns(obs_dim, act_dim).items()}
+        self.size = 0
+        self.ptr = 0
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def bytes_per_transition(self) -> int:
+        return sum(t[0].numel() * t.element_size() for t in self.storage.values())
+
+    def add(self, **columns: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Insert a batch of transitions (all columns but ``mc_returns`` required); returns their slots."""
+        n = len(columns["rewards"])
+        slots = (np.arange(n) + self.ptr) % self.capacity
+        idx = torch.as_tensor(slots, device=self.device)
+        columns.setdefault("mc_returns", np.full(n, -np.inf, dtype=np.float32))
+        for k, store in self.storage.items():
+            store[idx] = torch.as_tensor(columns[k], dtype=torch.float32).to(self.device).reshape(n, *store.shape[1:])
+        self.ptr = (self.ptr + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+        return slots
+
+    def sample(self, *shape: int) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, self.size, shape, device=self.device, generator=self.generator)
+        return {k: v[idx] for k, v in self.storage.items()}
+
+    def set_mc_returns(self, slots: np.ndarray, values: np.ndarray) -> None:
+        idx = torch.as_tensor(slots, device=self.device)
+        self.storage["mc_returns"][idx] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {k: v[: self.size] for k, v in self.storage.items()}
+        state["_ptr"] = torch.tensor(self.ptr)
+        state["_generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        size = len(state["rewards"])
+        if size > self.capacity:
+            raise ValueError(f"saved buffer holds {size} transitions, capacity is {self.capacity}")
+        for k, store in self.storage.items():
+            store[:size] = state[k].to(self.device)
+        self.size, self.ptr = size, int(state["_ptr"])
+        self.generator.set_state(state["_generator"])
+
+    @classmethod
+    def from_offline(cls, data: OfflineData, reward_scale: float, reward_bias: float, discount: float,
+                     sparse_reward: bool, device: torch.device | str, seed: int = 0,
+                     capacity: int | None = None) -> ReplayBuffer:
+        """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from them."""
+        rewards = data.rewards * reward_scale + reward_bias
+        # Sparse tasks have two reward levels; the lower one is what a failing step earns.
+        fail = float(rewards.min()) if sparse_reward and len(rewards) else None
+        buf = cls(capacity or len(data), data.observations.shape[1], data.actions.shape[1], device, seed)
+        buf.add(observations=data.observations, actions=data.actions, rewards=rewards,
+                next_observations=data.next_observations, masks=1.0 - data.terminals.astype(np.float32),
+                mc_returns=returns_to_go(rewards, data.episode_ends, discount, fail))
+        return buf
+
+
+def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, utd: int, minibatch: int,
+                 offline_ratio: float) -> dict[str, torch.Tensor]:
+    """[utd, minibatch] transitions; exactly round(offline_ratio * minibatch) of each minibatch
+    (so of the whole batch) come from the offline data."""
+    n_offline = round(offline_ratio * minibatch) if offline is not None else 0
+    if n_offline == 0:
+        return online.sample(utd, minibatch)
+    if n_offline == minibatch:
+        return offline.sample(utd, minibatch)
+    off, on = offline.sample(utd, n_offline), online.sample(utd, minibatch - n_offline)
+    return {k: torch.cat([off[k], on[k]], dim=1) for k in on}
