@@ -53,3 +53,18 @@ def hopper_file(tmp_path_factory, hopper_rollouts):
     path = tmp_path_factory.mktemp("data") / "hopper_random.hdf5"
     write_d4rl(path, hopper_rollouts)
     return path
+
+
+def run_wsrl(*args: str) -> int:
+    from wsrl.cli import main
+
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, hopper_file):
+    """A tiny CQL pretraining run on Hopper, shared by the fine-tuning tests."""
+    out = tmp_path_factory.mktemp("runs") / "pretrain"
+    assert run_wsrl("pretrain", "--env", "Hopper-v5", "--dataset", hopper_file, "--steps", 60, "--out", out,
+                    "--eval-every", 60, "--save-every", 60, *TINY) == 0
+    return out

@@ -22,6 +22,8 @@ USAGE = """usage: wsrl <command> [flags]   (wsrl <command> --help lists every fl
 commands:
   pretrain   offline pretraining (CQL, Cal-QL, IQL) on a dataset -> checkpoint
   finetune   online fine-tuning from a checkpoint (WSRL: warmup, fresh buffer, ensemble SAC)
+  collect    roll out a policy (checkpoint, shipped, random) or a replay buffer -> D4RL HDF5 / Minari dataset
+  plot       learning curves (normalised score vs steps, offline + online) of runs -> PNG
 """
 
 
@@ -94,11 +96,37 @@ def parse_finetune(args: list[str]) -> FinetuneConfig:
     return _parse(FinetuneConfig, merge(base, load_preset("wsrl"), "preset wsrl"), args, "finetune")
 
 
+def parse_collect(args: list[str]):
+    from wsrl.collect import CollectConfig
+
+    _check_choice("--format", _peek(args, "--format"), ("d4rl", "minari"))
+    return _parse(CollectConfig, CollectConfig(), args, "collect")
+
+
+def parse_plot(args: list[str]):
+    from wsrl.plot import PlotConfig
+
+    return tyro.cli(PlotConfig, args=args, prog="wsrl plot", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _collect(cfg) -> None:
+    from wsrl.collect import collect
+
+    collect(cfg)  # prints its own summary
+
+
+def _plot(cfg) -> None:
+    from wsrl.plot import plot
+
+    print(f"wsrl plot: wrote {plot(cfg)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from wsrl.train import finetune, pretrain
 
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune)}
+    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),
+                "collect": (parse_collect, _collect), "plot": (parse_plot, _plot)}
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -1,0 +1,490 @@
+"""`wsrl collect`: roll out behaviour policies and write the transitions as a dataset.
+
+A source is one of
+
+- ``random``: uniform actions in [-1, 1];
+- a shipped policy name (``hopper-medium``; see ``wsrl/policies/``);
+- a wsrl run directory or ``checkpoints/step_*`` folder (its actor is used);
+- ``replay:RUN_DIR``: the replay buffer of a `wsrl finetune` checkpoint, in insertion order (a
+  "medium-replay" style dataset; no env steps are taken).
+
+Several sources with one step count each make a mixture (e.g. medium + expert). Policies act in
+``num_envs`` vectorised envs through the shared ``Collector``; transitions are regrouped into whole
+episodes so the file has D4RL's row layout (an episode's rows are contiguous, ``terminals`` on a
+true termination, ``timeouts`` on a time-limit cut or where collection stopped mid-episode).
+
+The output is written under a temporary name in the destination folder, fsynced and renamed, so an
+interrupted collect never leaves a file (or Minari dataset) at the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from wsrl import __version__
+from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
+from wsrl.errors import UserError
+
+COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+POLICY_FILES = ("policy.json", "actor.safetensors")
+
+
+@dataclass
+class CollectConfig:
+    """Roll out behaviour policies and write a dataset: `wsrl collect`."""
+
+    env: str = ""
+    """Gymnasium id (e.g. Hopper-v5) or D4RL name of the env to collect in."""
+    policy: tuple[str, ...] = ("random",)
+    """Behaviour source(s): random, a shipped policy (e.g. hopper-medium), a wsrl run or checkpoint directory, or replay:RUN_DIR (a fine-tuning run's replay buffer). Several make a mixture."""
+    steps: tuple[int, ...] = (100_000,)
+    """Transitions to take from each source (one number per --policy, or one for all)."""
+    out: str = ""
+    """Output .hdf5 path (D4RL schema), or the dataset id (e.g. wsrl/hopper-medium-v0) with --format minari."""
+    format: Literal["d4rl", "minari"] = "d4rl"
+    """d4rl: one HDF5 file in D4RL's schema; minari: a Minari dataset under $MINARI_DATASETS_PATH."""
+    deterministic: bool = False
+    """Act with tanh(mean) instead of sampling from the policy."""
+    noise_std: float = 0.0
+    """Std of Gaussian noise added to every policy action (then clipped to [-1, 1])."""
+    num_envs: int = 8
+    """Vectorised envs stepped together with one batched policy forward."""
+    max_episode_steps: int = 0
+    """Time limit of the collection envs; 0 keeps the env's own (1000 for MuJoCo locomotion)."""
+    seed: int = 0
+    """Seed of the envs, the policy's sampling and the noise."""
+    device: str = "cpu"
+    """Device the policy runs on."""
+    overwrite: bool = False
+    """Replace an existing output."""
+
+
+# ---------------------------------------------------------------- policies
+
+
+class RandomActor(torch.nn.Module):
+    """Uniform actions in [-1, 1]; has the actor interface (``act``) so it plugs in anywhere."""
+
+    def __init__(self, act_dim: int, seed: int = 0):
+        super().__init__()
+        self.act_dim = act_dim
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
+        shape = (*obs.shape[:-1], self.act_dim)
+        return (torch.rand(shape, generator=self.generator) * 2.0 - 1.0).to(obs.device)
+
+
+def shipped_policies() -> list[str]:
+    root = resources.files("wsrl") / "policies"
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "policy.json").is_file())
+
+
+def _actor_from_weights(net: dict, obs_dim: int, act_dim: int, weights: dict[str, torch.Tensor], where: str):
+    from wsrl.config import NetConfig, from_dict
+    from wsrl.nets import TanhGaussianActor
+
+    actor = TanhGaussianActor(obs_dim, act_dim, from_dict(NetConfig, net, where))
+    try:
+        actor.load_state_dict(weights)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"{where}: actor weights do not fit this wsrl version ({first[-1].strip() if first else e})") from None
+    return actor.eval()
+
+
+def load_policy(source: str, spec: EnvSpec, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0):
+    """An object with ``act(obs, deterministic)`` for ``random``, a shipped name or a run/checkpoint dir,
+    and a description of it for the metadata."""
+    if source == "random":
+        return RandomActor(act_dim, seed), {"kind": "random"}
+    if source in shipped_policies():
+        from safetensors.torch import load_file
+
+        folder = resources.files("wsrl") / "policies" / source
+        info = json.loads((folder / "policy.json").read_text())
+        _check_policy_env(source, info["env_id"], info["obs_dim"], info["act_dim"], spec, obs_dim, act_dim)
+        with resources.as_file(folder / "actor.safetensors") as path:
+            weights = load_file(path)
+        actor = _actor_from_weights(info["net"], obs_dim, act_dim, weights, f"--policy {source}")
+        return actor.to(device), {"kind": "shipped", "name": source, "measured_return": info.get("measured_return")}
+    if Path(source).exists():
+        from wsrl.checkpoint import find_checkpoint, load_checkpoint
+
+        meta, model_state, _ = load_checkpoint(source)
+        _check_policy_env(source, meta["env_id"], meta["obs_dim"], meta["act_dim"], spec, obs_dim, act_dim)
+        weights = {k[len("actor."):]: v for k, v in model_state.items() if k.startswith("actor.")}
+        actor = _actor_from_weights(meta["config"]["net"], obs_dim, act_dim, weights, f"--policy {source}")
+        return actor.to(device), {"kind": "checkpoint", "path": str(find_checkpoint(source)), "step": meta["step"],
+                                  "run_kind": meta["kind"]}
+    known = ", ".join(["random", *shipped_policies()])
+    raise UserError(f"--policy {source}: not a shipped policy ({known}), an existing run/checkpoint directory, "
+                    f"or replay:RUN_DIR")
+
+
+def _check_policy_env(source: str, env_id: str, p_obs: int, p_act: int, spec: EnvSpec, obs_dim: int, act_dim: int) -> None:
+    if env_id != spec.id:
+        raise UserError(f"--policy {source}: was trained on {env_id}, not {spec.id}")
+    if (p_obs, p_act) != (obs_dim, act_dim):
+        raise UserError(f"--policy {source}: has obs/action sizes {p_obs}/{p_act}, {spec.id} has {obs_dim}/{act_dim}")
+
+
+def export_policy(checkpoint: str | Path, out_dir: str | Path, measured: dict, command: str, note: str = "") -> Path:
+    """Write a checkpoint's actor alone (safetensors) + ``policy.json`` into ``out_dir``: what ships
+    in ``wsrl/policies/<name>/``."""
+    from safetensors.torch import save_file
+
+    from wsrl.checkpoint import find_checkpoint, load_checkpoint
+
+    meta, model_state, _ = load_checkpoint(checkpoint)
+    weights = {k[len("actor."):]: v.contiguous() for k, v in model_state.items() if k.startswith("actor.")}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"env_id": meta["env_id"], "obs_dim": meta["obs_dim"], "act_dim": meta["act_dim"],
+            "net": meta["config"]["net"], "trained_steps": meta["step"], "wsrl_version": meta["wsrl_version"],
+            "source_checkpoint": str(find_checkpoint(checkpoint)), "command": command, **measured}
+    if note:
+        info["note"] = note
+    _atomic(out / "actor.safetensors", lambda tmp: save_file(weights, tmp))
+    _atomic(out / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
+    return out
+
+
+# ---------------------------------------------------------------- collection
+
+
+@dataclass
+class Episodes:
+    """Collected rows in D4RL's layout (episodes contiguous) plus per-episode bookkeeping."""
+
+    columns: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in (*COLUMNS, "qpos", "qvel")})
+    returns: list[float] = field(default_factory=list)
+    complete: list[bool] = field(default_factory=list)
+    """False for episodes cut because collection stopped."""
+    lengths: list[int] = field(default_factory=list)
+
+    def add_episode(self, rows: dict[str, np.ndarray], complete: bool) -> None:
+        for k, v in rows.items():
+            self.columns[k].append(v)
+        self.returns.append(float(rows["rewards"].sum(dtype=np.float64)))
+        self.lengths.append(len(rows["rewards"]))
+        self.complete.append(complete)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in self.columns.items() if v}
+
+
+def _mujoco_state(env) -> tuple[np.ndarray, np.ndarray] | None:
+    data = getattr(env.unwrapped, "data", None)
+    if data is None or not hasattr(data, "qpos") or not hasattr(data, "qvel"):
+        return None
+    return np.array(data.qpos, dtype=np.float64), np.array(data.qvel, dtype=np.float64)
+
+
+def rollout(spec: EnvSpec, actor, steps: int, num_envs: int, seed: int, deterministic: bool, noise_std: float,
+            device: torch.device, into: Episodes, progress=None) -> None:
+    """Take ``steps`` transitions with ``actor`` in ``num_envs`` envs and append them as episodes."""
+    from wsrl.data.rollout import Collector, policy_actions
+
+    venv = make_vector_env(spec, num_envs)
+    collector = Collector(venv, seed=seed)
+    noise = np.random.default_rng(seed + 7)
+    has_state = _mujoco_state(venv.envs[0]) is not None
+    keys = (*COLUMNS, "qpos", "qvel") if has_state else COLUMNS
+    open_rows: list[dict[str, list]] = [{k: [] for k in keys} for _ in range(num_envs)]
+
+    def flush(env: int, complete: bool) -> None:
+        rows = open_rows[env]
+        if rows["rewards"]:
+            into.add_episode({k: np.stack(v) for k, v in rows.items()}, complete)
+        open_rows[env] = {k: [] for k in keys}
+
+    taken = 0
+    while taken < steps:
+        states = [_mujoco_state(env) for env in venv.envs] if has_state else None
+        actions = policy_actions(actor, collector.obs, device, deterministic)
+        if noise_std > 0:
+            actions = np.clip(actions + noise.normal(0.0, noise_std, actions.shape), -1.0, 1.0).astype(np.float32)
+        tr, _ = collector.step(actions.astype(np.float32))
+        keep = min(len(tr), steps - taken)
+        for j in range(keep):
+            env = int(tr.env_ids[j])
+            rows = open_rows[env]
+            rows["observations"].append(tr.observations[j])
+            rows["actions"].append(tr.actions[j])
+            rows["rewards"].append(tr.rewards[j])
+            rows["next_observations"].append(tr.next_observations[j])
+            rows["terminals"].append(bool(tr.terminated[j]))
+            rows["timeouts"].append(bool(tr.truncated[j] and not tr.terminated[j]))
+            if has_state:
+                rows["qpos"].append(states[env][0])
+                rows["qvel"].append(states[env][1])
+            if tr.terminated[j] or tr.truncated[j]:
+                flush(env, complete=True)
+        taken += keep
+        if progress is not None:
+            progress(keep)
+    venv.close()
+    for env in range(num_envs):
+        # Collection stopped mid-episode: the last row is a cut, like a time limit.
+        if open_rows[env]["rewards"]:
+            open_rows[env]["timeouts"][-1] = True
+            flush(env, complete=False)
+
+
+def replay_episodes(run_dir: str, steps: int, spec: EnvSpec, obs_dim: int, act_dim: int, into: Episodes) -> dict:
+    """The first ``steps`` transitions a `wsrl finetune` run put in its replay buffer, rewards unscaled.
+
+    The buffer keeps masks (1 - terminated) but not time-limit cuts; with one training env, an
+    episode boundary is wherever a transition's next observation is not the following row's
+    observation, and those rows become ``timeouts``.
+    """
+    from wsrl.checkpoint import find_checkpoint, load_checkpoint
+
+    meta, _, state = load_checkpoint(run_dir)
+    where = f"--policy replay:{run_dir}"
+    if meta["kind"] != "finetune" or "buffer" not in state:
+        raise UserError(f"{where}: holds a {meta['kind']} checkpoint; a replay buffer comes from `wsrl finetune`")
+    _check_policy_env(f"replay:{run_dir}", meta["env_id"], meta["obs_dim"], meta["act_dim"], spec, obs_dim, act_dim)
+    cfg = meta["config"]
+    if cfg.get("num_envs", 1) != 1:
+        raise UserError(f"{where}: was trained with --num-envs {cfg['num_envs']}; episodes can only be recovered "
+                        f"from a single-env run")
+    buf = state["buffer"]
+    size, ptr = len(buf["rewards"]), int(buf["_ptr"])
+    order = np.arange(size)
+    if size == cfg["buffer_capacity"] and ptr:
+        order = np.roll(order, -ptr)  # the buffer wrapped: oldest first
+    order = order[:steps]
+    col = {k: buf[k].numpy()[order] for k in ("observations", "actions", "rewards", "next_observations", "masks")}
+    n = len(order)
+    terminals = col["masks"] == 0.0
+    ends = terminals.copy()
+    ends[:-1] |= np.any(col["next_observations"][:-1] != col["observations"][1:], axis=1)
+    ends[-1] = True
+    timeouts = ends & ~terminals
+    rewards = (col["rewards"] - cfg["reward_bias"]) / cfg["reward_scale"]
+    start = 0
+    for end in np.flatnonzero(ends):
+        sl = slice(start, end + 1)
+        into.add_episode({"observations": col["observations"][sl], "actions": col["actions"][sl],
+                          "rewards": rewards[sl].astype(np.float32), "next_observations": col["next_observations"][sl],
+                          "terminals": terminals[sl], "timeouts": timeouts[sl]},
+                         complete=bool(terminals[end]) or end + 1 < n)
+        start = end + 1
+    return {"kind": "replay", "path": str(find_checkpoint(run_dir)), "transitions": n}
+
+
+# ---------------------------------------------------------------- writers
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp_path)``, fsync, rename over ``path``; the temporary file is removed on any error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_path(path.parent)
+
+
+def write_d4rl(path: Path, data: dict[str, np.ndarray], metadata: dict) -> None:
+    """D4RL schema: float32 columns, bool terminals/timeouts, infos/qpos|qvel, metadata/* scalars."""
+    import h5py
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for key in COLUMNS:
+                value = data[key]
+                f.create_dataset(key, data=value.astype(bool if key in ("terminals", "timeouts") else np.float32),
+                                 compression="gzip", compression_opts=1)
+            for key in ("qpos", "qvel"):
+                if key in data:
+                    f.create_dataset(f"infos/{key}", data=data[key], compression="gzip", compression_opts=1)
+            for key, value in metadata.items():
+                f[f"metadata/{key}"] = value if isinstance(value, (int, float, bool)) else np.bytes_(
+                    value if isinstance(value, str) else json.dumps(value))
+
+    _atomic(path, write)
+
+
+def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces, metadata: dict, overwrite: bool) -> Path:
+    """Build the dataset in a hidden folder under the Minari root, then rename it into place."""
+    try:
+        import minari
+        from minari.data_collector import EpisodeBuffer
+        from minari.storage import get_dataset_path
+    except ImportError:
+        raise UserError("--format minari: needs the 'minari' package (pip install 'wsrl[minari]')") from None
+    try:
+        from minari.dataset.minari_dataset import parse_dataset_id
+
+        namespace, _, _ = parse_dataset_id(dataset_id)
+    except Exception as e:
+        raise UserError(f"--out {dataset_id}: not a Minari dataset id like wsrl/hopper-medium-v0 ({e})") from None
+    final = Path(get_dataset_path(dataset_id))
+    if final.exists() and not overwrite:
+        raise UserError(f"--out {dataset_id}: a Minari dataset with this id exists at {final}; pass --overwrite to replace it")
+    root = Path(get_dataset_path())
+    tmp_root = root / f".wsrl-tmp-{os.getpid()}"
+    obs_space, act_space = venv_spaces
+    buffers, start = [], 0
+    cols = {k: np.concatenate(v) for k, v in episodes.columns.items() if v}
+    for i, length in enumerate(episodes.lengths):
+        sl = slice(start, start + length)
+        obs = cols["observations"][sl]
+        buffers.append(EpisodeBuffer(
+            id=i, observations=np.concatenate([obs, cols["next_observations"][sl][-1:]]).astype(obs_space.dtype),
+            actions=cols["actions"][sl].astype(act_space.dtype), rewards=list(cols["rewards"][sl].astype(np.float64)),
+            terminations=list(cols["terminals"][sl]), truncations=list(cols["timeouts"][sl])))
+        start += length
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
+        minari.create_dataset_from_buffers(
+            dataset_id, buffers, env=spec.id, algorithm_name="wsrl collect", author="wsrl",
+            action_space=act_space, observation_space=obs_space, description=json.dumps(metadata),
+            ref_min_score=spec.ref_min_score, ref_max_score=spec.ref_max_score if spec.ref_min_score is not None else None)
+        built = tmp_root / dataset_id
+        _fsync_tree(built)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(built, final)
+        _fsync_path(final.parent)
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            _fsync_path(p)
+
+
+# ---------------------------------------------------------------- command
+
+
+def collect(cfg: CollectConfig) -> dict[str, float]:
+    """Everything is checked before any env is stepped; nothing is written until all data is in memory."""
+    from wsrl.train import resolve_device
+
+    if not cfg.out:
+        raise UserError("--out: no output given (an .hdf5 path, or a Minari dataset id with --format minari)")
+    if not cfg.policy:
+        raise UserError("--policy: no behaviour source given")
+    steps = tuple(cfg.steps) * len(cfg.policy) if len(cfg.steps) == 1 else tuple(cfg.steps)
+    if len(steps) != len(cfg.policy):
+        raise UserError(f"--steps: give one count per --policy ({len(cfg.policy)}), or one for all; got {len(cfg.steps)}")
+    for s in steps:
+        if s <= 0:
+            raise UserError(f"--steps: must be positive, got {s}")
+    if cfg.num_envs <= 0:
+        raise UserError(f"--num-envs: must be positive, got {cfg.num_envs}")
+    if cfg.noise_std < 0:
+        raise UserError(f"--noise-std: must be at least 0, got {cfg.noise_std}")
+    if cfg.max_episode_steps < 0:
+        raise UserError(f"--max-episode-steps: must be at least 0, got {cfg.max_episode_steps}")
+    out = Path(cfg.out)
+    if cfg.format == "d4rl":
+        if out.suffix not in (".hdf5", ".h5"):
+            raise UserError(f"--out {cfg.out}: a D4RL dataset file should end in .hdf5 (or pass --format minari)")
+        if out.exists() and not cfg.overwrite:
+            raise UserError(f"--out {cfg.out}: exists; pass --overwrite to replace it")
+        if out.is_dir():
+            raise UserError(f"--out {cfg.out}: is a directory")
+    device = resolve_device(cfg.device)
+    spec = resolve_env(cfg.env)
+    if cfg.max_episode_steps:
+        from dataclasses import replace
+
+        spec = replace(spec, max_episode_steps=cfg.max_episode_steps)
+    probe = make_vector_env(spec, 1)
+    obs_dim, act_dim = env_dims(probe)
+    spaces = (probe.single_observation_space, probe.single_action_space)
+    probe.close()
+
+    # Load every policy first so a bad --policy fails before minutes of collection.
+    sources = []
+    for k, source in enumerate(cfg.policy):
+        if source.startswith("replay:"):
+            run = source[len("replay:"):]
+            if not Path(run).exists():
+                raise UserError(f"--policy {source}: no such run directory")
+            sources.append((source, None, None))
+        else:
+            actor, desc = load_policy(source, spec, obs_dim, act_dim, device, seed=cfg.seed + k)
+            sources.append((source, actor, desc))
+
+    torch.manual_seed(cfg.seed)
+    episodes = Episodes()
+    described, stats = [], {}
+    t0 = time.perf_counter()
+    for k, ((source, actor, desc), n) in enumerate(zip(sources, steps)):
+        first = len(episodes.returns)
+        if actor is None:
+            desc = replay_episodes(source[len("replay:"):], n, spec, obs_dim, act_dim, episodes)
+        else:
+            print(f"wsrl collect: {n} steps from {source} in {cfg.num_envs} envs", flush=True)
+            rollout(spec, actor, n, cfg.num_envs, cfg.seed + 100 * k, cfg.deterministic, cfg.noise_std, device, episodes)
+        rets = [r for r, c in zip(episodes.returns[first:], episodes.complete[first:]) if c]
+        desc = {**desc, "source": source, "steps": n, "episodes": len(episodes.returns) - first,
+                "complete_episodes": len(rets), "mean_return": float(np.mean(rets)) if rets else None}
+        described.append(desc)
+        if rets:
+            stats[f"{source}/mean_return"] = float(np.mean(rets))
+            score = normalized_score(spec, float(np.mean(rets)))
+            if score is not None:
+                stats[f"{source}/normalized_score"] = score
+    data = episodes.arrays()
+    complete = [r for r, c in zip(episodes.returns, episodes.complete) if c]
+    metadata = {"wsrl_version": __version__, "env_id": spec.id, "max_episode_steps": spec.max_episode_steps or 0,
+                "created_unix": time.time(), "sources": described, "config": asdict(cfg),
+                "deterministic": cfg.deterministic, "noise_std": cfg.noise_std, "seed": cfg.seed,
+                "num_transitions": len(data["rewards"]), "num_episodes": len(episodes.returns),
+                "mean_episode_return": float(np.mean(complete)) if complete else float("nan"),
+                "ref_source": spec.ref_source}
+    if cfg.format == "d4rl":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_d4rl(out, data, metadata)
+        where = str(out)
+    else:
+        where = str(write_minari(cfg.out, episodes, spec, spaces, metadata, cfg.overwrite))
+    print(f"wsrl collect: wrote {len(data['rewards'])} transitions, {len(episodes.returns)} episodes "
+          f"({len(complete)} complete) to {where} in {time.perf_counter() - t0:.0f}s", flush=True)
+    result = {"transitions": float(len(data["rewards"])), "episodes": float(len(episodes.returns))}
+    if complete:
+        result["mean_return"] = float(np.mean(complete))
+        score = normalized_score(spec, result["mean_return"])
+        if score is not None:
+            result["normalized_score"] = score
+    return {**result, **stats}

@@ -1,0 +1,186 @@
+"""`wsrl plot`: evaluation learning curves of runs, offline and online phases on one axis.
+
+Each run directory's ``metrics.jsonl`` gives the ``eval/*`` points. A fine-tuning run whose
+``--checkpoint`` points at a pretraining run that still exists gets that run's offline curve in
+front of its own: offline points sit at negative x (gradient steps before the end of pretraining),
+online points at their env step, and x = 0, where the pretrained policy is handed over, is marked.
+Runs sharing a label (by default the directory name without a trailing ``seed<N>``/``s<N>``) are
+drawn as their mean with a shaded ±1 std band.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from wsrl.errors import UserError
+
+
+@dataclass
+class PlotConfig:
+    """Plot evaluation learning curves of wsrl runs: `wsrl plot RUN_DIR... --out fig.png`."""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories (pretrain or finetune); a fine-tuning run pulls in its pretraining run's curve."""
+    out: str = "learning_curve.png"
+    """Output image path (.png, .pdf or .svg)."""
+    labels: tuple[str, ...] = ()
+    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
+    metric: str = "auto"
+    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
+    title: str = ""
+    """Figure title."""
+
+
+SEED_SUFFIX = re.compile(r"[_\-.]?(seed|s)[_\-]?\d+$")
+
+
+def default_label(run_dir: Path) -> str:
+    name = run_dir.resolve().name
+    return SEED_SUFFIX.sub("", name) or name
+
+
+def read_evals(run_dir: Path, metric: str) -> list[tuple[int, str, float]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no metrics.jsonl (not a wsrl run directory)")
+    points = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by an interrupted write
+        if metric in row and isinstance(row[metric], (int, float)):
+            points.append((int(row["step"]), row.get("phase", ""), float(row[metric])))
+    return points
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _pretrain_dir(run_dir: Path, cfg: dict) -> Path | None:
+    """The pretraining run a fine-tuning run started from (its run directory), if still on disk."""
+    ckpt = cfg.get("checkpoint") or ""
+    if cfg.get("kind") != "finetune" or not ckpt:
+        return None
+    path = Path(ckpt)
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    if path.name.startswith("step_") and path.parent.name == "checkpoints":
+        path = path.parent.parent
+    return path if (path / "metrics.jsonl").is_file() else None
+
+
+def run_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """x (offline steps negative, online env steps >= 0), y, and whether an offline phase is in it."""
+    cfg = _config(run_dir)
+    offline = []
+    pre = run_dir if cfg.get("kind") == "pretrain" else _pretrain_dir(run_dir, cfg)
+    if pre is not None:
+        pts = read_evals(pre, metric)
+        if pts:
+            end = max(s for s, _, _ in pts)
+            offline = [(s - end, y) for s, _, y in pts]
+    online = [] if cfg.get("kind") == "pretrain" else [(s, y) for s, _, y in read_evals(run_dir, metric)]
+    if offline and online:
+        offline = [(x, y) for x, y in offline if x < 0]  # x = 0 is the fine-tuning run's own step-0 eval
+    points = sorted(offline + online)
+    if not points:
+        raise UserError(f"{run_dir}: metrics.jsonl has no '{metric}' points yet")
+    xs, ys = zip(*points)
+    return np.array(xs, dtype=float), np.array(ys, dtype=float), bool(offline)
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs on the union of their x within the range all of them cover."""
+    if len(curves) == 1:
+        x, y = curves[0]
+        return x, y, np.zeros_like(y)
+    lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
+    grid = np.unique(np.concatenate([c[0] for c in curves]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    if len(grid) == 0:
+        raise UserError("runs with one label do not overlap in steps; give them different --labels")
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def _pick_metric(run_dirs: list[Path], metric: str) -> str:
+    if metric != "auto":
+        return metric
+    for run in run_dirs:
+        path = run / "metrics.jsonl"
+        if path.is_file() and "eval/normalized_score" in path.read_text():
+            return "eval/normalized_score"
+    return "eval/return"
+
+
+def plot(cfg: PlotConfig) -> Path:
+    if not cfg.runs:
+        raise UserError("no run directories given (wsrl plot RUN_DIR... --out fig.png)")
+    if cfg.labels and len(cfg.labels) != len(cfg.runs):
+        raise UserError(f"--labels: give one per run ({len(cfg.runs)}), got {len(cfg.labels)}")
+    out = Path(cfg.out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UserError(f"--out {cfg.out}: use a .png, .pdf or .svg file name")
+    run_dirs = [Path(r) for r in cfg.runs]
+    for run in run_dirs:
+        if not run.is_dir():
+            raise UserError(f"{run}: no such run directory")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("wsrl plot: needs matplotlib (pip install 'wsrl[plot]')") from None
+
+    metric = _pick_metric(run_dirs, cfg.metric)
+    # A pretraining run given next to a fine-tuning run started from it is already in that curve.
+    pulled = {_pretrain_dir(r, _config(r)) for r in run_dirs} - {None}
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    any_offline = any_online = False
+    for i, run in enumerate(run_dirs):
+        if run.resolve() in {p.resolve() for p in pulled} and not cfg.labels:
+            continue
+        x, y, has_offline = run_curve(run, metric)
+        any_offline |= has_offline
+        any_online |= bool((x >= 0).any()) and _config(run).get("kind") != "pretrain"
+        groups.setdefault(cfg.labels[i] if cfg.labels else default_label(run), []).append((x, y))
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for label, curves in groups.items():
+        x, mean, std = aggregate(curves)
+        name = f"{label} (mean ± std, n={len(curves)})" if len(curves) > 1 else label
+        (line,) = ax.plot(x, mean, label=name, lw=1.8)
+        if len(curves) > 1:
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if any_offline and any_online:
+        ax.axvline(0, color="0.3", ls="--", lw=1)
+        ax.text(0, 1.01, " offline | online ", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("offline gradient steps (< 0)  |  online env steps (≥ 0)" if any_offline else "env steps")
+    ax.set_ylabel({"eval/normalized_score": "normalised score (D4RL refs, ×100)",
+                   "eval/return": "evaluation return"}.get(metric, metric))
+    if cfg.title:
+        ax.set_title(cfg.title, pad=14)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
