@@ -94,8 +94,9 @@ def save_checkpoint(run_dir: Path, step: int, meta: dict, model_state: dict[str,
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:09d}"
+    for stale in root.glob(".tmp_step_*"):  # left by a writer that was killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp_step_{step:09d}_{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     json_state = encode(state, tensors)

@@ -118,11 +118,11 @@ class RunConfig:
     overwrite: bool = False
     """Replace a different run already in --out."""
     compile: bool = False
-    """torch.compile the update step."""
+    """torch.compile the update step (slow to compile on small CPUs; a few percent faster there)."""
     cuda_graph: bool = True
-    """On CUDA, capture the whole per-step update as a CUDA graph (ignored on CPU)."""
+    """On CUDA, capture the whole per-step update as one CUDA graph (CUDA only; CPU has no graphs)."""
     threads: int = 0
-    """torch CPU threads; 0 keeps torch's default (one per physical core)."""
+    """torch CPU threads; 0 = the cores not kept busy by other processes (1-min load average)."""
 
 
 @dataclass

@@ -11,6 +11,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 
+def _step_of(line: str) -> float:
+    """Step of a metrics.jsonl line; a line cut short by a crash counts as after everything."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class RunLogger:
     """Tags are namespaced (``losses/``, ``q/``, ``eval/``, ``train/``, ``perf/``) as in CleanRL.
 
@@ -20,11 +28,10 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, total: int, start: int, desc: str):
         self.run_dir = Path(run_dir)
-        self.tb = SummaryWriter(str(self.run_dir), purge_step=start if start > 0 else None)
+        self.tb = SummaryWriter(str(self.run_dir), purge_step=start)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
-        if start > 0 and self.jsonl_path.exists():
-            kept = [line for line in self.jsonl_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start]
+        if self.jsonl_path.exists():
+            kept = [line for line in self.jsonl_path.read_text().splitlines() if _step_of(line) <= start]
             self.jsonl_path.write_text("".join(line + "\n" for line in kept))
         self.jsonl = open(self.jsonl_path, "a")
         self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stderr,

@@ -30,9 +30,18 @@ class EnsembleLinear(nn.Module):
             # orthogonal_ works on [out, in]; initialise that view of each member.
             nn.init.orthogonal_(member.T, gain=gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, in] (shared by all members, broadcast) or [E, B, in].
-        return torch.matmul(x, self.weight) + self.bias
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, in] (shared by all members) or [E, B, in] -> [E, B, out]. ``members`` (indices)
+        evaluates only those members, e.g. the 2 target critics of the TD target, not all 10."""
+        weight, bias = self.weight, self.bias
+        if members is not None and weight.shape[0] > 1:
+            weight, bias = weight[members], bias[members]
+        if weight.shape[0] == 1 and x.dim() == 3:  # one layer shared by all members (shared head)
+            return torch.addmm(bias[0], x.reshape(-1, x.shape[-1]), weight[0]).view(*x.shape[:-1], -1)
+        if x.dim() == 2:
+            x = x.expand(weight.shape[0], *x.shape)  # a view: bmm reads the shared input E times, no copy
+        # baddbmm adds the bias inside the GEMM call instead of in a separate pass over [E, B, out].
+        return torch.baddbmm(bias, x, weight)
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -41,8 +50,10 @@ class EnsembleLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(ensemble_size, 1, features))
         self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        # One fused multiply-add for the per-member affine, instead of a mul and an add pass.
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:]), weight)
 
 
 class EnsembleMLP(nn.Module):
@@ -69,9 +80,18 @@ class EnsembleMLP(nn.Module):
         self.hidden = nn.Sequential(*layers)
         self.head = EnsembleLinear(1 if shared_head else ensemble_size, width, out_dim, gain=out_gain)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in] or [E, B, in] -> [E, B, out]."""
-        return self.head(self.hidden(x))
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, in] or [E, B, in] -> [E, B, out] (or [len(members), B, out])."""
+        for layer in self.hidden:
+            if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
+                x = layer(x, members)
+            elif isinstance(layer, nn.ReLU):
+                # In place: neither baddbmm nor addcmul needs its output for backward, so this
+                # saves one [E, B, hidden] allocation per layer.
+                x = x.relu_()
+            else:
+                x = layer(x)
+        return self.head(x, members)
 
 
 class Critic(nn.Module):
@@ -83,11 +103,12 @@ class Critic(nn.Module):
         self.mlp = EnsembleMLP(net.ensemble_size, obs_dim + act_dim, net.critic_hidden, 1,
                                net.layer_norm, shared_head=net.shared_critic_head)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """Q of every member, [E, ...batch]; with ``members``, only those, [len(members), ...batch]."""
         x = torch.cat([obs, action], dim=-1)
         batch_shape = x.shape[:-1]
-        q = self.mlp(x.reshape(-1, x.shape[-1]))
-        return q.reshape(self.ensemble_size, *batch_shape)
+        q = self.mlp(x.reshape(-1, x.shape[-1]), members)
+        return q.reshape(q.shape[0], *batch_shape)
 
 
 class ValueNet(nn.Module):

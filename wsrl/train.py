@@ -18,7 +18,7 @@ import torch
 
 from wsrl import __version__
 from wsrl.agents import AGENTS, SAC
-from wsrl.checkpoint import load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
+from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
 from wsrl.data.offline import OfflineData, load_dataset, validate
@@ -257,7 +257,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     buffer = ReplayBuffer.from_offline(data, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
                                        cfg.agent.sparse_reward, device, seed=cfg.seed)
     start = 0
-    if cfg.resume:
+    if cfg.resume and list_checkpoints(cfg.resume):
         meta, model_state, state = load_checkpoint(cfg.resume)
         if meta["kind"] != "pretrain":
             raise UserError(f"--resume {cfg.resume}: holds a {meta['kind']} run; use `wsrl {meta['kind']} --resume`")
@@ -268,7 +268,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
 
     run_dir, meta, logger = _start(cfg, "pretrain", spec, cfg.algo, obs_dim, act_dim, device, cfg.steps, start)
     loop = Loop(cfg, run_dir, spec, agent, device, meta, logger)
-    update = torch.compile(agent.update) if cfg.compile else agent.update
+    from wsrl.fast import make_update  # threads, --compile, --cuda-graph: see wsrl/fast.py
+    update = make_update(agent, cfg, device)
     t_log = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         metrics = update(buffer.sample(1, cfg.batch_size))
@@ -291,7 +292,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
 
 def _finetune_inputs(cfg: FinetuneConfig):
     """Checkpoint, env and config checks for `wsrl finetune`, before anything is written."""
-    if cfg.resume:
+    if cfg.resume and list_checkpoints(cfg.resume):
         meta, model_state, state = load_checkpoint(cfg.resume)
         if meta["kind"] != "finetune":
             raise UserError(f"--resume {cfg.resume}: holds a {meta['kind']} run; use `wsrl {meta['kind']} --resume`")
@@ -350,7 +351,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
                                             cfg.agent.sparse_reward, device, seed=cfg.seed + 1)
     uniform = np.random.default_rng(cfg.seed)
     counters = {"env_steps": 0, "updates": 0, "episodes": 0}
-    if cfg.resume:
+    if meta is not None and meta["kind"] == "finetune":
         set_rng_state(state["rng"])
         buffer.load_state_dict(state["buffer"])
         writer.load_state_dict(state["writer"])
@@ -367,7 +368,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
                                        cfg.steps, counters["env_steps"])
     meta_out["pretrain_checkpoint"] = cfg.checkpoint
     loop = Loop(cfg, run_dir, spec, agent, device, meta_out, logger)
-    update = torch.compile(agent.update) if cfg.compile else agent.update
+    from wsrl.fast import make_update  # threads, --compile, --cuda-graph: see wsrl/fast.py
+    update = make_update(agent, cfg, device)
     actor = agent.model.actor
     minibatch = cfg.batch_size // cfg.utd
 

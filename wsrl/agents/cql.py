@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from wsrl.agents.sac import SAC, Batch, Metrics, td_target
+from wsrl.agents.sac import SAC, Batch, Metrics, subsample_members, td_target
 
 
 def cql_penalty(q_data: torch.Tensor, q_random: torch.Tensor, q_pi: torch.Tensor, q_next_pi: torch.Tensor,
@@ -46,10 +46,11 @@ class CQL(SAC):
         with torch.no_grad():
             next_obs = _repeat(mb["next_observations"], n)
             next_actions, next_log_prob = m.actor.sample(next_obs)  # [B, n, A], [B, n]
-            target_q = m.target_critic(next_obs, next_actions)  # [E, B, n]
-            idx = torch.randperm(target_q.shape[0], device=target_q.device)[: self.net.subsample_size]
+            # Only the chosen target critics are evaluated, [k, B, n].
+            members = subsample_members(self.net.ensemble_size, self.net.subsample_size, next_actions.device)
+            target_q = m.target_critic(next_obs, next_actions, members)
             # Max over the n sampled next actions per member, then min over the chosen members.
-            best_q, best = target_q[idx].max(-1)
+            best_q, best = target_q.max(-1)
             next_q = best_q.min(0).values
             if cfg.backup_entropy:
                 best_log_prob = next_log_prob.gather(1, best.T).min(1).values
