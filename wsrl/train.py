@@ -262,7 +262,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         if meta["kind"] != "pretrain":
             raise UserError(f"--resume {cfg.resume}: holds a {meta['kind']} run; use `wsrl {meta['kind']} --resume`")
         load_learner_state(agent, model_state, state, f"--resume {cfg.resume}")
-        buffer.generator.set_state(state["sampler"])
+        buffer.set_sampler_state(state["sampler"])
         set_rng_state(state["rng"])
         start = meta["step"]
 
@@ -356,7 +356,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         buffer.load_state_dict(state["buffer"])
         writer.load_state_dict(state["writer"])
         if offline is not None:
-            offline.generator.set_state(state["offline_sampler"])
+            offline.set_sampler_state(state["offline_sampler"])
         uniform.bit_generator.state = state["uniform_rng"]
         counters = state["counters"]
         if not collector.load_state_dict(state["collector"]):

@@ -66,7 +66,16 @@ class ReplayBuffer:
         for k, store in self.storage.items():
             store[:size] = state[k].to(self.device)
         self.size, self.ptr = size, int(state["_ptr"])
-        self.generator.set_state(state["_generator"])
+        self.set_sampler_state(state["_generator"])
+
+    def set_sampler_state(self, state: torch.Tensor) -> None:
+        """CPU and CUDA generators keep differently sized states: a run resumed on the other
+        device type re-seeds its sampler (the rest of the run is unaffected)."""
+        try:
+            self.generator.set_state(state)
+        except RuntimeError:
+            self.generator.manual_seed(int(state.sum()))
+            print("wsrl: replay sampler state is from another device type; re-seeded")
 
     @classmethod
     def from_offline(cls, data: OfflineData, reward_scale: float, reward_bias: float, discount: float,
