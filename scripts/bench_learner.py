@@ -32,7 +32,7 @@ from torch import nn
 from wsrl.agents import CQL, SAC
 from wsrl.config import AgentConfig, FinetuneConfig, NetConfig
 from wsrl.data.buffer import ReplayBuffer
-from wsrl.fast import configure_cpu, make_update
+from wsrl.fast import auto_threads, configure_cpu, make_update
 from wsrl.nets import ActorCritic
 
 OBS, ACT = 17, 6  # HalfCheetah
@@ -223,7 +223,9 @@ def random_buffer(device: torch.device, n: int = 100_000) -> ReplayBuffer:
 def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threads: int) -> dict:
     torch.manual_seed(0)
     run_cfg = FinetuneConfig(compile=compile_, threads=threads)
-    threads_used = configure_cpu(threads) if device.type == "cpu" else torch.get_num_threads()
+    # 0 = the cores not kept busy by other processes: on a shared machine an OpenMP team that
+    # shares a core with a busy process stalls at every barrier and the figures mean nothing.
+    threads_used = configure_cpu(threads or auto_threads()) if device.type == "cpu" else torch.get_num_threads()
     net, agent_cfg, batch, utd = NetConfig(), AgentConfig(), run_cfg.batch_size, run_cfg.utd
     buf = random_buffer(device)
 

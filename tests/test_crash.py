@@ -11,7 +11,8 @@ import torch
 from conftest import TINY, run_wsrl
 from wsrl.checkpoint import list_checkpoints, load_checkpoint
 
-ARGS = ["--steps", 240, "--warmup-steps", 50, "--save-every", 30, "--batch-size", 32, *TINY]
+# A fixed thread count: float reductions (and so bit-exactness) depend on it.
+ARGS = ["--steps", 240, "--warmup-steps", 50, "--save-every", 30, "--batch-size", 32, "--threads", 1, *TINY]
 
 
 def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120.0) -> bool:

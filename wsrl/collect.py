@@ -71,7 +71,6 @@ class CollectConfig:
     """Replace an existing output."""
 
 
-# ---------------------------------------------------------------- policies
 
 
 class RandomActor(torch.nn.Module):
@@ -164,7 +163,6 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path, measured: dict, c
     return out
 
 
-# ---------------------------------------------------------------- collection
 
 
 @dataclass
@@ -289,7 +287,6 @@ def replay_episodes(run_dir: str, steps: int, spec: EnvSpec, obs_dim: int, act_d
     return {"kind": "replay", "path": str(find_checkpoint(run_dir)), "transitions": n}
 
 
-# ---------------------------------------------------------------- writers
 
 
 def _fsync_path(path: Path) -> None:
@@ -394,7 +391,6 @@ def _fsync_tree(folder: Path) -> None:
             _fsync_path(p)
 
 
-# ---------------------------------------------------------------- command
 
 
 def collect(cfg: CollectConfig) -> dict[str, float]:

@@ -122,7 +122,7 @@ class RunConfig:
     cuda_graph: bool = True
     """On CUDA, capture the whole per-step update as one CUDA graph (CUDA only; CPU has no graphs)."""
     threads: int = 0
-    """torch CPU threads; 0 = the cores not kept busy by other processes (1-min load average)."""
+    """torch CPU threads; 0 keeps torch's default (one per physical core). Use fewer when other busy processes share the cores."""
 
 
 @dataclass

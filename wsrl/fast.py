@@ -37,11 +37,14 @@ def auto_threads() -> int:
 
 
 def configure_cpu(threads: int = 0) -> int:
-    """Thread count (0 = ``auto_threads``) and allocator settings for CPU training; returns the threads."""
-    threads = threads if threads > 0 else auto_threads()
-    torch.set_num_threads(threads)
+    """Thread count (0 keeps torch's default, one per physical core) and allocator settings for
+    CPU training; returns the threads. The default is fixed rather than load-dependent so that
+    a run, its resumption and its rerun use the same thread count (bit-identical results); on a
+    machine shared with other busy processes pass ``--threads`` (``auto_threads`` suggests one)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     _keep_freed_memory()
-    return threads
+    return torch.get_num_threads()
 
 
 def _keep_freed_memory() -> None:
