@@ -1,7 +1,6 @@
 """Dataset readers on files in the exact upstream schemas; returns-to-go; the replay buffer."""
 
 import gymnasium as gym
-import h5py
 import numpy as np
 import pytest
 import torch

@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from wsrl.atomic import fsync
 from wsrl.errors import UserError
 
 FORMAT_VERSION = 1
@@ -80,14 +81,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(run_dir: Path, step: int, meta: dict, model_state: dict[str, torch.Tensor],
                     state: dict, keep: int) -> Path:
     """Write ``checkpoints/step_<step>`` atomically and drop all but the newest ``keep``."""
@@ -108,12 +101,12 @@ def save_checkpoint(run_dir: Path, step: int, meta: dict, model_state: dict[str,
                 "files": {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}}
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     for name in (*FILES, "MANIFEST.json"):
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync(tmp / name)
+    fsync(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync(root)
+    fsync(root)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -26,51 +26,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from wsrl import __version__
+from wsrl.atomic import atomic_write, fsync, fsync_tree
+from wsrl.config import CollectConfig
 from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
 
 COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 POLICY_FILES = ("policy.json", "actor.safetensors")
-
-
-@dataclass
-class CollectConfig:
-    """Roll out behaviour policies and write a dataset: `wsrl collect`."""
-
-    env: str = ""
-    """Gymnasium id (e.g. Hopper-v5) or D4RL name of the env to collect in."""
-    policy: tuple[str, ...] = ("random",)
-    """Behaviour source(s): random, a shipped policy (e.g. hopper-medium), a wsrl run or checkpoint directory, or replay:RUN_DIR (a fine-tuning run's replay buffer). Several make a mixture."""
-    steps: tuple[int, ...] = (100_000,)
-    """Transitions to take from each source (one number per --policy, or one for all)."""
-    out: str = ""
-    """Output .hdf5 path (D4RL schema), or the dataset id (e.g. wsrl/hopper-medium-v0) with --format minari."""
-    format: Literal["d4rl", "minari"] = "d4rl"
-    """d4rl: one HDF5 file in D4RL's schema; minari: a Minari dataset under $MINARI_DATASETS_PATH."""
-    deterministic: bool = False
-    """Act with tanh(mean) instead of sampling from the policy."""
-    noise_std: float = 0.0
-    """Std of Gaussian noise added to every policy action (then clipped to [-1, 1])."""
-    num_envs: int = 8
-    """Vectorised envs stepped together with one batched policy forward."""
-    max_episode_steps: int = 0
-    """Time limit of the collection envs; 0 keeps the env's own (1000 for MuJoCo locomotion)."""
-    seed: int = 0
-    """Seed of the envs, the policy's sampling and the noise."""
-    device: str = "cpu"
-    """Device the policy runs on."""
-    threads: int = 1
-    """torch CPU threads for the policy; 1 is fastest for small per-step batches (0 keeps torch's default)."""
-    overwrite: bool = False
-    """Replace an existing output."""
-
-
 
 
 class RandomActor(torch.nn.Module):
@@ -158,11 +125,9 @@ def export_policy(checkpoint: str | Path, out_dir: str | Path, measured: dict, c
             "source_checkpoint": str(find_checkpoint(checkpoint)), "command": command, **measured}
     if note:
         info["note"] = note
-    _atomic(out / "actor.safetensors", lambda tmp: save_file(weights, tmp))
-    _atomic(out / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
+    atomic_write(out / "actor.safetensors", lambda tmp: save_file(weights, tmp))
+    atomic_write(out / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
     return out
-
-
 
 
 @dataclass
@@ -287,31 +252,6 @@ def replay_episodes(run_dir: str, steps: int, spec: EnvSpec, obs_dim: int, act_d
     return {"kind": "replay", "path": str(find_checkpoint(run_dir)), "transitions": n}
 
 
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> None:
-    """``write(tmp_path)``, fsync, rename over ``path``; the temporary file is removed on any error."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
-
-
 def write_d4rl(path: Path, data: dict[str, np.ndarray], metadata: dict) -> None:
     """D4RL schema: float32 columns, bool terminals/timeouts, infos/qpos|qvel, metadata/* scalars."""
     import h5py
@@ -329,7 +269,7 @@ def write_d4rl(path: Path, data: dict[str, np.ndarray], metadata: dict) -> None:
                 f[f"metadata/{key}"] = value if isinstance(value, (int, float, bool)) else np.bytes_(
                     value if isinstance(value, str) else json.dumps(value))
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces, metadata: dict, overwrite: bool) -> Path:
@@ -370,12 +310,12 @@ def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces
             action_space=act_space, observation_space=obs_space, description=json.dumps(metadata),
             ref_min_score=spec.ref_min_score, ref_max_score=spec.ref_max_score if spec.ref_min_score is not None else None)
         built = tmp_root / dataset_id
-        _fsync_tree(built)
+        fsync_tree(built)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(built, final)
-        _fsync_path(final.parent)
+        fsync(final.parent)
     finally:
         if old is None:
             os.environ.pop("MINARI_DATASETS_PATH", None)
@@ -383,14 +323,6 @@ def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces
             os.environ["MINARI_DATASETS_PATH"] = old
         shutil.rmtree(tmp_root, ignore_errors=True)
     return final
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            _fsync_path(p)
-
-
 
 
 def collect(cfg: CollectConfig) -> dict[str, float]:

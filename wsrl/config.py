@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
+import tyro
+
 from wsrl.errors import UserError
 
 Algo = Literal["cql", "calql", "iql"]
@@ -179,6 +181,54 @@ class FinetuneConfig(RunConfig):
     """Allow minari to download a dataset that is not on this machine."""
     net: NetConfig = field(default_factory=NetConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+
+
+@dataclass
+class CollectConfig:
+    """Roll out behaviour policies and write a dataset: `wsrl collect`."""
+
+    env: str = ""
+    """Gymnasium id (e.g. Hopper-v5) or D4RL name of the env to collect in."""
+    policy: tuple[str, ...] = ("random",)
+    """Behaviour source(s): random, a shipped policy (e.g. hopper-medium), a wsrl run or checkpoint directory, or replay:RUN_DIR (a fine-tuning run's replay buffer). Several make a mixture."""
+    steps: tuple[int, ...] = (100_000,)
+    """Transitions to take from each source (one number per --policy, or one for all)."""
+    out: str = ""
+    """Output .hdf5 path (D4RL schema), or the dataset id (e.g. wsrl/hopper-medium-v0) with --format minari."""
+    format: Literal["d4rl", "minari"] = "d4rl"
+    """d4rl: one HDF5 file in D4RL's schema; minari: a Minari dataset under $MINARI_DATASETS_PATH."""
+    deterministic: bool = False
+    """Act with tanh(mean) instead of sampling from the policy."""
+    noise_std: float = 0.0
+    """Std of Gaussian noise added to every policy action (then clipped to [-1, 1])."""
+    num_envs: int = 8
+    """Vectorised envs stepped together with one batched policy forward."""
+    max_episode_steps: int = 0
+    """Time limit of the collection envs; 0 keeps the env's own (1000 for MuJoCo locomotion)."""
+    seed: int = 0
+    """Seed of the envs, the policy's sampling and the noise."""
+    device: str = "cpu"
+    """Device the policy runs on."""
+    threads: int = 1
+    """torch CPU threads for the policy; 1 is fastest for small per-step batches (0 keeps torch's default)."""
+    overwrite: bool = False
+    """Replace an existing output."""
+
+
+@dataclass
+class PlotConfig:
+    """Plot evaluation learning curves of wsrl runs: `wsrl plot RUN_DIR... --out fig.png`."""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Run directories (pretrain or finetune); a fine-tuning run pulls in its pretraining run's curve."""
+    out: str = "learning_curve.png"
+    """Output image path (.png, .pdf or .svg)."""
+    labels: tuple[str, ...] = ()
+    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
+    metric: str = "auto"
+    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
+    title: str = ""
+    """Figure title."""
 
 
 def to_dict(cfg: Any) -> dict:

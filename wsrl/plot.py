@@ -12,29 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tyro
 
+from wsrl.config import PlotConfig
 from wsrl.errors import UserError
-
-
-@dataclass
-class PlotConfig:
-    """Plot evaluation learning curves of wsrl runs: `wsrl plot RUN_DIR... --out fig.png`."""
-
-    runs: tyro.conf.Positional[tuple[str, ...]]
-    """Run directories (pretrain or finetune); a fine-tuning run pulls in its pretraining run's curve."""
-    out: str = "learning_curve.png"
-    """Output image path (.png, .pdf or .svg)."""
-    labels: tuple[str, ...] = ()
-    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
-    metric: str = "auto"
-    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
-    title: str = ""
-    """Figure title."""
 
 
 SEED_SUFFIX = re.compile(r"[_\-.]?(seed|s)[_\-]?\d+$")

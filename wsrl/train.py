@@ -7,7 +7,6 @@ wrong (env, dataset, checkpoint, device, run directory) is checked before anythi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ import torch
 
 from wsrl import __version__
 from wsrl.agents import AGENTS, SAC
+from wsrl.atomic import atomic_write
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
@@ -64,12 +64,6 @@ def prepare_run_dir(out: str, overwrite: bool, resume: bool) -> Path:
         shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def with_env_defaults(cfg: RunConfig, spec: EnvSpec) -> RunConfig:
@@ -229,7 +223,7 @@ def _start(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int, ac
            total: int, resume_step: int) -> tuple[Path, dict, RunLogger]:
     run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume=bool(cfg.resume))
     config = {"kind": kind, **to_dict(cfg)}
-    write_json_atomic(run_dir / "config.json", config)
+    atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     meta = {"kind": kind, "wsrl_version": __version__, "env": cfg.env, "env_id": spec.id, "algo": algo,
             "dataset": getattr(cfg, "dataset", ""), "obs_dim": obs_dim, "act_dim": act_dim, "config": config}
     logger = RunLogger(run_dir, total, resume_step, desc=f"{kind} {algo} {spec.id}")
