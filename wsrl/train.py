@@ -25,6 +25,7 @@ from wsrl.data.offline import OfflineData, load_dataset, validate
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import DivergenceError, UserError
+from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
 
@@ -232,16 +233,12 @@ def _start(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int, ac
     return run_dir, meta, logger
 
 
-def _set_threads(cfg: RunConfig) -> None:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-
-
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     check_positive(steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                    eval_episodes=cfg.eval_episodes, log_every=cfg.log_every, save_every=cfg.save_every)
     device = resolve_device(cfg.device)
-    _set_threads(cfg)
+    if device.type == "cpu":
+        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
     obs_dim, act_dim = env_dims(make_env(spec))
@@ -262,7 +259,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
 
     run_dir, meta, logger = _start(cfg, "pretrain", spec, cfg.algo, obs_dim, act_dim, device, cfg.steps, start)
     loop = Loop(cfg, run_dir, spec, agent, device, meta, logger)
-    from wsrl.fast import make_update  # threads, --compile, --cuda-graph: see wsrl/fast.py
     update = make_update(agent, cfg, device)
     t_log = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
@@ -321,7 +317,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if (cfg.offline_ratio > 0 or cfg.offline_append) and not cfg.dataset:
         raise UserError("--offline-ratio/--offline-append: need --dataset")
     device = resolve_device(cfg.device)
-    _set_threads(cfg)
+    if device.type == "cpu":
+        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
@@ -362,7 +359,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
                                        cfg.steps, counters["env_steps"])
     meta_out["pretrain_checkpoint"] = cfg.checkpoint
     loop = Loop(cfg, run_dir, spec, agent, device, meta_out, logger)
-    from wsrl.fast import make_update  # threads, --compile, --cuda-graph: see wsrl/fast.py
     update = make_update(agent, cfg, device)
     actor = agent.model.actor
     minibatch = cfg.batch_size // cfg.utd
