@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Learning check on Hopper: medium dataset -> CQL pretraining -> WSRL fine-tuning vs. no warmup.
 #
-#   scripts/hopper_learning.sh                 # "small": CPU-sized nets (as in the demo), ~30 min on 2 cores
+#   scripts/hopper_learning.sh                 # "small": the demo's CPU-sized settings, ~12 min on 2 cores
 #   PROFILE=full scripts/hopper_learning.sh    # published defaults (10 critics 256x2, UTD 4); use a GPU
 #   DATA=~/.d4rl/datasets/hopper_medium-v2.hdf5 ENV=hopper-medium-v2 scripts/hopper_learning.sh
 #
@@ -22,11 +22,11 @@ if [ "$PROFILE" = full ]; then
 else
   NET=(--critic-hidden 128 128 --actor-hidden 128 128 --ensemble-size 4)
   PRE=(--steps "${PRE_STEPS:-4000}" --cql-n-actions 4 --actor-lr 3e-4 --eval-every 1000 --threads 1)
-  FT=(--steps "${FT_STEPS:-15000}" --warmup-steps 1000 --utd 2 --batch-size 512 --actor-lr 3e-4 --eval-every 1000 --threads 1)
+  FT=(--steps "${FT_STEPS:-15000}" --warmup-steps 5000 --utd 2 --batch-size 512 --actor-lr 3e-4 --eval-every 1000 --threads 1)
 fi
 COMMON=(--eval-episodes 10 --seed "$SEED" --overwrite)
 
-[ -f "$DATA" ] || $WSRL collect --env Hopper-v5 --policy hopper-medium --steps 100000 --num-envs 10 --seed "$SEED" --out "$DATA"
+[ -f "$DATA" ] || $WSRL collect --env Hopper-v5 --policy hopper-medium --steps 50000 --num-envs 10 --seed "$SEED" --out "$DATA"
 $WSRL pretrain --algo cql --env "$ENV" --dataset "$DATA" --out "$OUT/cql_seed$SEED" "${NET[@]}" "${PRE[@]}" "${COMMON[@]}"
 # The two fine-tuning runs share the machine; each uses one thread in the small profile.
 $WSRL finetune --checkpoint "$OUT/cql_seed$SEED" --out "$OUT/wsrl_seed$SEED" "${FT[@]}" "${COMMON[@]}" &
