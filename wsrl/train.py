@@ -395,7 +395,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         for _ in range(max(0, now - max(before, cfg.warmup_steps))):
             metrics = update(sample_mixed(buffer, offline, cfg.utd, minibatch, cfg.offline_ratio))
             counters["updates"] += 1
-            loop.guard.track(metrics, counters["updates"])
+            loop.guard.track(metrics, now)  # reported as the env step
         if loop.crossed(cfg.log_every, before, now) or now >= cfg.steps:
             t = time.perf_counter()
             extra = {"perf/env_steps_per_s": (now - steps_at_log) / (t - t_log),
