@@ -29,12 +29,6 @@ def subsample_members(ensemble_size: int, k: int, device: torch.device) -> torch
     return torch.rand(ensemble_size, device=device).argsort()[:k]
 
 
-def subsample_min(q: torch.Tensor, k: int) -> torch.Tensor:
-    """Min over k randomly chosen ensemble members (axis 0): REDQ's target, the WSRL default k=2."""
-    idx = subsample_members(q.shape[0], k, q.device)
-    return (q if idx is None else q[idx]).min(0).values
-
-
 def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Raises alpha while the policy entropy -log pi is below the target, lowers it above."""
     return log_alpha.exp() * (-log_prob.detach() - target_entropy).mean()
@@ -57,14 +51,16 @@ class SAC:
             "value": adam(model.value.parameters(), cfg.value_lr),
             "cql_alpha": adam([model.cql_log_alpha], cfg.cql_alpha_lr),
         }
+        # Fixed per optimizer, so the hot loop does not rebuild the lists every step.
+        self._trained = {name: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+                         for name, opt in self.optimizers.items()}
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         """One optimizer step; ``inputs=`` keeps autograd from computing gradients of any other
         network (e.g. the critic's weights during the actor step)."""
         opt = self.optimizers[name]
-        params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
         opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
+        loss.backward(inputs=self._trained[name])
         opt.step()
 
     @property
