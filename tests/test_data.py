@@ -1,4 +1,6 @@
-"""Dataset readers on files in the exact upstream schemas; returns-to-go; the replay buffer."""
+"""Dataset readers on files in the exact upstream schemas; returns-to-go; the replay buffer; env warnings."""
+
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -8,6 +10,7 @@ import torch
 from conftest import random_rollouts, write_d4rl
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
 from wsrl.data.offline import OfflineData, read_d4rl_hdf5, read_minari, returns_to_go, validate
+from wsrl.envs import make_env, resolve_env
 from wsrl.errors import UserError
 
 
@@ -195,3 +198,18 @@ def test_replay_buffer_wraps_and_round_trips():
     copy = ReplayBuffer(5, 2, 1, "cpu")
     copy.load_state_dict(buf.state_dict())
     assert torch.equal(copy.sample(4, 3)["rewards"], buf.sample(4, 3)["rewards"])
+
+
+def test_mujoco_warnings_routed_and_xml_deprecations_dropped(capfd):
+    """HalfCheetah-v5's XML makes MuJoCo print a deprecation notice on every compile: dropped.
+    A simulation warning (unstable accelerations) reaches the user as a Python warning."""
+    import mujoco
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = make_env(resolve_env("HalfCheetah-v5"))
+        assert not caught and not capfd.readouterr().out
+        model, data = env.unwrapped.model, env.unwrapped.data
+        data.qvel[:] = 1e12
+        mujoco.mj_step(model, data)
+    assert any("MuJoCo: Nan, Inf or huge value" in str(w.message) for w in caught), [str(w.message) for w in caught]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 
@@ -73,8 +74,30 @@ class _FlattenDictObs(gym.ObservationWrapper):
         return flatten_obs(obs)
 
 
+def _route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings through Python's ``warnings`` (each distinct message shown once),
+    minus the deprecation notices about Gymnasium's own model files.
+
+    MuJoCo prints a warning on every model compile; HalfCheetah-v5's XML alone triggers a
+    deprecation notice for each env built (10 training envs + every evaluation), which buries
+    the progress bar and is nothing a wsrl user can act on. Simulation warnings (e.g. unstable
+    accelerations) still reach the user.
+    """
+    try:
+        import mujoco
+    except ImportError:
+        return
+
+    def forward(message: str) -> None:
+        if "deprecated" not in message:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=1)
+
+    mujoco.set_mju_user_warning(forward)
+
+
 def make_env(spec: EnvSpec) -> gym.Env:
     """A single env with flat float observations and actions rescaled to [-1, 1]."""
+    _route_mujoco_warnings()
     if spec.requires:
         try:
             importlib.import_module(spec.requires)
