@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Learning check on Hopper: medium dataset -> CQL pretraining -> WSRL fine-tuning vs. no warmup.
 #
-#   scripts/hopper_learning.sh                 # "small": the demo's CPU-sized settings, ~12 min on 2 cores
-#   PROFILE=full scripts/hopper_learning.sh    # published defaults (10 critics 256x2, UTD 4); use a GPU
+#   scripts/hopper_learning.sh                 # "small": the demo's CPU-sized settings, ~25 min on 2 cores
+#   PROFILE=full scripts/hopper_learning.sh    # the published recipe (10 critics 256x2, 250k CQL steps, UTD 4); GPU
 #   DATA=~/.d4rl/datasets/hopper_medium-v2.hdf5 ENV=hopper-medium-v2 scripts/hopper_learning.sh
 #
 # Writes runs/hopper_learning/{cql,wsrl,no_warmup}_seed$SEED and curves.png; prints the scores.
@@ -17,12 +17,14 @@ mkdir -p "$OUT"
 
 if [ "$PROFILE" = full ]; then
   NET=()
-  PRE=(--steps "${PRE_STEPS:-5000}" --eval-every 1000)
-  FT=(--steps "${FT_STEPS:-50000}" --eval-every 2500)
+  PRE=(--steps "${PRE_STEPS:-250000}" --eval-every 10000)
+  FT=(--steps "${FT_STEPS:-100000}" --eval-every 5000)
 else
   NET=(--critic-hidden 128 128 --actor-hidden 128 128 --ensemble-size 4)
-  PRE=(--steps "${PRE_STEPS:-4000}" --cql-n-actions 4 --actor-lr 3e-4 --eval-every 1000 --threads 1)
-  FT=(--steps "${FT_STEPS:-15000}" --warmup-steps 5000 --utd 2 --batch-size 512 --actor-lr 3e-4 --eval-every 1000 --threads 1)
+  # As scripts/demo.py: tau 0.02 offline so 8k CQL steps calibrate the critic, back to 0.005 online.
+  PRE=(--steps "${PRE_STEPS:-8000}" --cql-n-actions 4 --actor-lr 3e-4 --tau 0.02 --eval-every 1000 --threads 1)
+  FT=(--steps "${FT_STEPS:-35000}" --warmup-steps 5000 --utd 2 --batch-size 512 --actor-lr 3e-4 --tau 0.005
+      --eval-every 2500 --threads 1)
 fi
 COMMON=(--eval-episodes 10 --seed "$SEED" --overwrite)
 
