@@ -25,8 +25,8 @@ from pathlib import Path
 # Demo settings; the README's "Demo" section lists how they differ from the published defaults.
 DATASET_STEPS = 50_000
 NET = ["--critic-hidden", "128", "128", "--actor-hidden", "128", "128", "--ensemble-size", "4"]
-# tau 0.02 offline: Q-values propagate ~4x faster through the target network, so 8k CQL steps hand
-# over a critic near the data's returns (Q mean ~250) instead of one still far below (~80 with 0.005).
+# tau 0.02 offline: Q-values propagate faster through the target network, so 8k CQL steps hand
+# over a critic near the data's returns (Q mean 231 on seed 0, vs 111 with the published 0.005).
 PRETRAIN = ["--steps", "8000", "--batch-size", "256", "--cql-n-actions", "4", "--actor-lr", "3e-4",
             "--tau", "0.02", "--eval-every", "1000", "--save-every", "8000"]
 # The agent settings carry over from the checkpoint, so fine-tuning sets tau back to the published 0.005.

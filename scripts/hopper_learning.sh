@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Learning check on Hopper: medium dataset -> CQL pretraining -> WSRL fine-tuning vs. no warmup.
 #
-#   scripts/hopper_learning.sh                 # "small": the demo's CPU-sized settings, ~25 min on 2 cores
+#   scripts/hopper_learning.sh                 # "small": the demo's CPU-sized settings, ~20 min on 2 cores
 #   PROFILE=full scripts/hopper_learning.sh    # the published recipe (10 critics 256x2, 250k CQL steps, UTD 4); GPU
 #   DATA=~/.d4rl/datasets/hopper_medium-v2.hdf5 ENV=hopper-medium-v2 scripts/hopper_learning.sh
 #
