@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest
 
 # Collect a medium Hopper dataset with the shipped policy, pretrain CQL, fine-tune with WSRL,
-# plot, print the score table (runs/demo/; about 7 min on 2 CPU cores). SEED=1 make demo ...
+# plot, print the score table (runs/demo/; about 10 min on 2 CPU cores). SEED=1 make demo ...
 SEED ?= 0
 demo: install
 	$(PY) scripts/demo.py --seed $(SEED)
