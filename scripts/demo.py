@@ -78,14 +78,12 @@ def random_score(env: str, seed: int, episodes: int) -> float:
 
 
 def policy_env(policy: str) -> str:
-    """The env a shipped behaviour policy was trained on (its policy.json)."""
-    from importlib import resources
-
-    from wsrl.collect import shipped_policies
+    """The env a shipped behaviour policy was trained on."""
+    from wsrl.collect import shipped_policies, shipped_policy_info
 
     if policy not in shipped_policies():
         sys.exit(f"demo: --policy {policy}: not a shipped policy (known: {', '.join(shipped_policies())})")
-    return json.loads((resources.files("wsrl") / "policies" / policy / "policy.json").read_text())["env_id"]
+    return shipped_policy_info(policy)["env_id"]
 
 
 def main() -> int:

@@ -201,11 +201,10 @@ def test_policy_from_checkpoint_mixture_and_replay_buffer(tmp_path):
 
 @pytest.mark.parametrize("name", shipped_policies())
 def test_shipped_policies_load_and_act(name, tmp_path):
-    import json
     from importlib import resources
 
     folder = resources.files("wsrl") / "policies" / name
-    info = json.loads((folder / "policy.json").read_text())
+    info = collect_mod.shipped_policy_info(name)
     assert {"env_id", "net", "obs_dim", "act_dim", "measured_return", "command"} <= set(info)
     assert (folder / "actor.safetensors").stat().st_size < 1_000_000
     spec = resolve_env(info["env_id"])

@@ -60,6 +60,11 @@ def shipped_policies() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "policy.json").is_file())
 
 
+def shipped_policy_info(name: str) -> dict:
+    """A shipped policy's policy.json: env id, obs/act sizes, net config, measured return, command."""
+    return json.loads((resources.files("wsrl") / "policies" / name / "policy.json").read_text())
+
+
 def _actor_from_weights(net: dict, obs_dim: int, act_dim: int, weights: dict[str, torch.Tensor], where: str):
     from wsrl.config import NetConfig, from_dict
     from wsrl.nets import TanhGaussianActor
@@ -82,7 +87,7 @@ def load_policy(source: str, spec: EnvSpec, obs_dim: int, act_dim: int, device: 
         from safetensors.torch import load_file
 
         folder = resources.files("wsrl") / "policies" / source
-        info = json.loads((folder / "policy.json").read_text())
+        info = shipped_policy_info(source)
         _check_policy_env(source, info["env_id"], info["obs_dim"], info["act_dim"], spec, obs_dim, act_dim)
         with resources.as_file(folder / "actor.safetensors") as path:
             weights = load_file(path)

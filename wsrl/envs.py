@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import warnings
@@ -74,6 +75,7 @@ class _FlattenDictObs(gym.ObservationWrapper):
         return flatten_obs(obs)
 
 
+@functools.cache  # one process-wide callback, installed on the first env built
 def _route_mujoco_warnings() -> None:
     """Send MuJoCo's warnings through Python's ``warnings`` (each distinct message shown once),
     minus the deprecation notices about Gymnasium's own model files.
