@@ -14,8 +14,9 @@ from wsrl.checkpoint import load_checkpoint
 @pytest.mark.parametrize("algo", ["cql", "calql", "iql"])
 def test_pretrain_each_algorithm_end_to_end(tmp_path, hopper_file, algo):
     out = tmp_path / algo
+    bc_warm_start = [] if algo == "iql" else ["--bc-steps", 20]  # CQL's BC actor steps, then the Q-based ones
     assert run_wsrl("pretrain", "--algo", algo, "--env", "hopper-medium-v2", "--dataset", hopper_file,
-                    "--steps", 40, "--out", out, "--eval-every", 20, "--save-every", 20, *TINY) == 0
+                    "--steps", 40, "--out", out, "--eval-every", 20, "--save-every", 20, *bc_warm_start, *TINY) == 0
     meta, weights, _ = load_checkpoint(out)
     assert meta["algo"] == algo and meta["step"] == 40 and meta["env_id"] == "Hopper-v5"
     assert meta["config"]["dataset"] == str(hopper_file)
@@ -93,6 +94,8 @@ def _bad_inputs(tmp, hopper_file, pretrained):
         "unknown preset 'nope'": [*pre, "--preset", "nope", "--dataset", hopper_file, *base],
         "--steps: must be positive": [*pre, "--dataset", hopper_file, *TINY, "--steps", 0],
         "--batch-size: must be positive": [*pre, "--dataset", hopper_file, *base, "--batch-size", -3],
+        "--bc-steps: must be >= 0": [*pre, "--dataset", hopper_file, *base, "--bc-steps", -1],
+        "--bc-steps: applies to cql and calql": [*pre, "--algo", "iql", "--dataset", hopper_file, *base, "--bc-steps", 5],
         "--warmup-steps 50": [*ft, *base, "--warmup-steps", 50],
         "CUDA is not available": [*pre, "--dataset", hopper_file, *base, "--device", "cuda"],
         "no checkpoint found": ["finetune", "--checkpoint", tmp / "empty", "--warmup-steps", 5, *base],

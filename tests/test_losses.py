@@ -115,3 +115,30 @@ def test_actor_step_leaves_critic_gradients_untouched():
     agent._step("actor", loss)
     assert all(p.grad is None for p in model.critic.parameters())
     assert any(p.grad is not None for p in model.actor.parameters())
+
+
+def test_bc_warm_start_clones_data_actions_and_trains_the_critic():
+    # The data always takes action (0.6, -0.4): BC steps must move the actor's mean action there
+    # (a sign error would push it to the bounds), while the critic keeps taking TD steps.
+    agent, model = _sac()
+    agent = SAC(model, AgentConfig(discount=0.5, actor_lr=1e-2), agent.net)  # fast, so 200 steps suffice
+    torch.manual_seed(0)
+    obs = torch.randn(1, 64, 3)
+    data_action = torch.tensor([0.6, -0.4])
+    batch = {"observations": obs, "actions": data_action.expand(1, 64, 2), "rewards": torch.ones(1, 64),
+             "next_observations": obs, "masks": torch.ones(1, 64)}
+    critic_before = [p.detach().clone() for p in model.critic.parameters()]
+    for _ in range(200):
+        agent.update(batch, behavior_cloning=True)
+    mean_action = torch.tanh(model.actor(obs[0])[0])
+    assert (mean_action - data_action).abs().max().item() < 0.1
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, model.critic.parameters()))
+
+
+def test_bc_actor_loss_by_hand():
+    agent, model = _sac()
+    obs, actions = torch.randn(4, 3), torch.rand(4, 2) * 1.6 - 0.8
+    torch.manual_seed(3)
+    loss, log_prob, _ = agent.bc_actor_loss({"observations": obs, "actions": actions})
+    expected = (0.5 * log_prob - model.actor.log_prob(obs, actions)).mean()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-5)

@@ -139,6 +139,10 @@ class PretrainConfig(RunConfig):
     """Gradient steps of offline training."""
     batch_size: int = 256
     """Minibatch size."""
+    bc_steps: int = 0
+    """CQL / Cal-QL: the first bc_steps steps train the actor by behaviour cloning (log-likelihood of the
+    data actions plus the entropy bonus) instead of on Q; the critic trains as usual. The warm start of
+    the original CQL code (policy_eval_start) and CORL (bc_steps); 0 = off, as in the WSRL release."""
     download: bool = False
     """Allow minari to download a dataset that is not on this machine."""
     resume: str = ""

@@ -10,6 +10,7 @@ the device and the run configuration.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import warnings
 from typing import Callable
@@ -132,11 +133,12 @@ def make_capturable(agent) -> None:
                 state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
-def make_update(agent, cfg: RunConfig, device: torch.device) -> Update:
+def make_update(agent, cfg: RunConfig, device: torch.device, behavior_cloning: bool = False) -> Update:
     """``agent.update`` with this run's fast-path settings: CPU threads and allocator, optional
     ``torch.compile`` (``--compile``), and on CUDA the whole update as one CUDA graph
-    (``--cuda-graph``, the default there)."""
-    update: Update = agent.update
+    (``--cuda-graph``, the default there). ``behavior_cloning`` selects the BC actor step (a graph
+    replays one fixed sequence of kernels, so each kind of update gets its own)."""
+    update: Update = functools.partial(agent.update, behavior_cloning=True) if behavior_cloning else agent.update
     if device.type == "cpu":
         configure_cpu(cfg.threads)
     if cfg.compile:

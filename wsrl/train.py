@@ -236,6 +236,10 @@ def _start(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int, ac
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     check_positive(steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                    eval_episodes=cfg.eval_episodes, log_every=cfg.log_every, save_every=cfg.save_every)
+    if cfg.bc_steps < 0:
+        raise UserError(f"--bc-steps: must be >= 0, got {cfg.bc_steps}")
+    if cfg.bc_steps and cfg.algo == "iql":
+        raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
@@ -260,9 +264,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     run_dir, meta, logger = _start(cfg, "pretrain", spec, cfg.algo, obs_dim, act_dim, device, cfg.steps, start)
     loop = Loop(cfg, run_dir, spec, agent, device, meta, logger)
     update = make_update(agent, cfg, device)
+    bc_update = make_update(agent, cfg, device, behavior_cloning=True) if cfg.bc_steps > start else None
     t_log = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
-        metrics = update(buffer.sample(1, cfg.batch_size))
+        metrics = (bc_update if step <= cfg.bc_steps else update)(buffer.sample(1, cfg.batch_size))
         loop.guard.track(metrics, step)
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()

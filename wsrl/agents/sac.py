@@ -93,18 +93,28 @@ class SAC:
         loss = (self.alpha * log_prob - q).mean()
         return loss, log_prob, {"losses/actor_loss": loss.detach(), "policy/entropy": -log_prob.detach().mean()}
 
+    def bc_actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
+        """Behaviour cloning with SAC's entropy bonus: maximise log pi(a_data|s), keep the entropy up."""
+        m = self.model
+        _, log_prob = m.actor.sample(batch["observations"])
+        data_log_prob = m.actor.log_prob(batch["observations"], batch["actions"])
+        loss = (self.alpha * log_prob - data_log_prob).mean()
+        return loss, log_prob, {"losses/actor_loss": loss.detach(), "policy/entropy": -log_prob.detach().mean()}
+
     def critic_step(self, mb: Batch) -> Metrics:
         loss, metrics = self.critic_loss(mb)
         self._step("critic", loss)
         self.model.soft_update_target(self.cfg.tau)
         return metrics
 
-    def update(self, batch: Batch) -> Metrics:
+    def update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+        """``behavior_cloning``: the actor step clones the batch's actions instead of following Q
+        (CQL's warm start, ``--bc-steps``); a separate compiled/captured update, not a branch inside."""
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
         full = {k: v.flatten(0, 1) for k, v in batch.items()}
-        actor_loss, log_prob, actor_metrics = self.actor_loss(full)
+        actor_loss, log_prob, actor_metrics = (self.bc_actor_loss if behavior_cloning else self.actor_loss)(full)
         self._step("actor", actor_loss)
         t_loss = temperature_loss(self.model.log_alpha, log_prob, self.target_entropy)
         self._step("temperature", t_loss)
