@@ -79,10 +79,10 @@ def _constant_critics(model: ActorCritic, values: list[float]) -> None:
         critic.mlp.head.bias.data[:, 0, 0] = torch.tensor(values)
 
 
-def _sac(ensemble=4, subsample=2):
+def _sac(ensemble=4, subsample=2, actor_lr=1e-4):
     net = NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=ensemble, subsample_size=subsample)
     model = ActorCritic(3, 2, net, init_temperature=0.5, init_cql_alpha=1.0)
-    return SAC(model, AgentConfig(discount=0.5), net), model
+    return SAC(model, AgentConfig(discount=0.5, actor_lr=actor_lr), net), model
 
 
 def test_td_target_is_min_over_two_random_target_members():
@@ -120,8 +120,7 @@ def test_actor_step_leaves_critic_gradients_untouched():
 def test_bc_warm_start_clones_data_actions_and_trains_the_critic():
     # The data always takes action (0.6, -0.4): BC steps must move the actor's mean action there
     # (a sign error would push it to the bounds), while the critic keeps taking TD steps.
-    agent, model = _sac()
-    agent = SAC(model, AgentConfig(discount=0.5, actor_lr=1e-2), agent.net)  # fast, so 200 steps suffice
+    agent, model = _sac(actor_lr=1e-2)  # fast, so 200 steps suffice
     torch.manual_seed(0)
     obs = torch.randn(1, 64, 3)
     data_action = torch.tensor([0.6, -0.4])
