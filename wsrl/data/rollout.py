@@ -18,8 +18,13 @@ from wsrl.data.offline import returns_to_go
 
 @torch.no_grad()
 def policy_actions(actor: torch.nn.Module, obs: np.ndarray, device: torch.device, deterministic: bool) -> np.ndarray:
-    """One batched forward for all envs; float64 env observations become float32 here."""
-    return actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+    """One batched forward for all envs; float64 env observations become float32 here. Dropout
+    (IQL's actor) is off when acting."""
+    was_training = actor.training
+    actor.eval()
+    actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+    actor.train(was_training)
+    return actions
 
 
 @dataclass
