@@ -224,6 +224,24 @@ def test_antmaze_file_of_another_frame_is_refused_in_one_line(tmp_path):
         load_dataset(str(tmp_path / "moved.hdf5"), resolve_env(ANTMAZE))
 
 
+def test_minaris_medium_maze_is_d4rls_mirrored_and_has_its_own_env():
+    """Positions in every open cell of the maze Minari's medium ports were recorded in: accepted by
+    AntMaze_Medium-v4-minari, refused by the D4RL-layout env (the mirror image has other walls)."""
+    minari_env, d4rl_env = resolve_env("AntMaze_Medium-v4-minari"), resolve_env("antmaze-medium-play-v2")
+    maze = make_env(minari_env).unwrapped.maze
+    cells = [(i, j) for i, row in enumerate(maze.maze_map) for j, c in enumerate(row) if c != 1]
+    xy = np.array([maze.cell_rowcol_to_xy(np.array(c)) for c in cells], dtype=np.float32)
+    n = len(xy)
+    obs = np.concatenate([xy, np.zeros((n, 27), np.float32)], axis=1)
+    data = OfflineData(obs, np.zeros((n, 8), np.float32), np.zeros(n, np.float32), obs, np.zeros(n, bool),
+                       np.ones(n, bool), None, "minari")
+    assert len(DOMAINS["antmaze"].adapt(data, minari_env, "x")) == n
+    with pytest.raises(UserError, match=r"lie in walls or outside AntMaze_Medium-v4's maze"):
+        DOMAINS["antmaze"].adapt(data, d4rl_env, "--dataset minari:D4RL/antmaze/medium-play-v1")
+    with pytest.raises(UserError, match="has no D4RL maze offset"):
+        DOMAINS["antmaze"].adapt(dataclasses.replace(data, layout="d4rl"), minari_env, "--dataset f.hdf5")
+
+
 def test_adroit_binary_conversion_cuts_after_the_last_success_and_drops_failures(minari_data, d4rl_files):
     spec = resolve_env(ADROIT)
     for source in ("minari:D4RL/door/human-v2", str(d4rl_files["adroit"])):

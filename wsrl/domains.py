@@ -69,7 +69,9 @@ class AntMaze(Domain):
 
     The suite spec draws D4RL's evaluation map with its rows reversed: Gymnasium-Robotics' y axis
     points up the map where D4RL's points down it, so the reversed map rebuilds D4RL's maze up to
-    a translation, ``d4rl_xy_offset`` (where D4RL's origin, the start cell's centre, lies).
+    a translation, ``d4rl_xy_offset`` (where D4RL's origin, the start cell's centre, lies). Minari's
+    medium and large ports were recorded in D4RL's map drawn as it is, i.e. D4RL's maze mirrored;
+    the ``*-minari`` suite envs are that maze, with D4RL's start and goal cells.
     """
 
     SUCCESS_RADIUS = 0.5
@@ -103,7 +105,8 @@ class AntMaze(Domain):
         if inside.mean() > self.WALL_TOLERANCE:
             frame = f"after D4RL's offset {tuple(spec.d4rl_xy_offset)}" if data.layout == "d4rl" else "as stored"
             raise UserError(f"{where}: {inside.mean():.1%} of the ant's x-y positions ({frame}) lie in walls or "
-                            f"outside {spec.name}'s maze; not a dataset of this maze (see docs/domains.md)")
+                            f"outside {spec.name}'s maze; not a dataset of this maze (docs/domains.md lists the env "
+                            f"each D4RL file and Minari port needs)")
         if data.layout == "minari":
             # Minari's ports were recorded as continuing tasks towards per-episode goals (radius
             # 0.45). D4RL's files reward the fixed evaluation goal and mark those steps terminal;
