@@ -43,9 +43,28 @@ def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
 
 
 class Task(gym.Wrapper):
-    """Base of the domain wrappers. Their episodes depend on task state outside the MuJoCo
-    integration state (the maze goal, the pen's target, the kitchen's solved subtasks), so a
-    resumed run starts them afresh rather than restoring a simulator state that does not match."""
+    """Base of the domain wrappers: each step's reward, termination and success come from
+    ``convert``; time-limit truncations pass through untouched.
+
+    Their episodes depend on task state outside the MuJoCo integration state (the maze goal, the
+    pen's target, the kitchen's solved subtasks), so a resumed run starts them afresh rather than
+    restoring a simulator state that does not match."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "success": self.reset_success(obs)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward, terminated, success = self.convert(obs, reward, terminated, info)
+        return obs, reward, terminated, truncated, {**info, "success": success}
+
+    def reset_success(self, obs) -> float:
+        return 0.0
+
+    def convert(self, obs, reward: float, terminated: bool, info: dict) -> tuple[float, bool, float]:
+        """(reward, terminated, success) of a step, from the env's own values."""
+        raise NotImplementedError
 
 
 class Domain:
@@ -126,15 +145,13 @@ class _AntMazeTask(Task):
     def _success(self, obs) -> bool:
         return bool(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]) <= self.radius)
 
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "success": float(self._success(obs))}
+    def reset_success(self, obs) -> float:
+        return float(self._success(obs))
 
-    def step(self, action):
-        obs, _, _, truncated, info = self.env.step(action)
+    def convert(self, obs, reward, terminated, info):
         # Gymnasium-Robotics' own termination (radius 0.45) always comes with this one.
         success = self._success(obs)
-        return obs, float(success), success, truncated, {**info, "success": float(success)}
+        return float(success), success, float(success)
 
 
 def _maze(spec: EnvSpec):
@@ -198,14 +215,9 @@ class Adroit(Domain):
 
 
 class _AdroitTask(Task):
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "success": 0.0}
-
-    def step(self, action):
-        obs, _, terminated, truncated, info = self.env.step(action)
+    def convert(self, obs, reward, terminated, info):
         success = bool(info["success"])
-        return obs, 0.0 if success else -1.0, terminated or success, truncated, {**info, "success": float(success)}
+        return 0.0 if success else -1.0, terminated or success, float(success)
 
 
 class Kitchen(Domain):
@@ -250,14 +262,9 @@ class _KitchenTask(Task):
         super().__init__(env)
         self.num_tasks = len(env.unwrapped.goal)
 
-    def reset(self, **kwargs):
-        obs, info = self.env.reset(**kwargs)
-        return obs, {**info, "success": 0.0}
-
-    def step(self, action):
-        obs, _, terminated, truncated, info = self.env.step(action)
+    def convert(self, obs, reward, terminated, info):
         solved = len(info["episode_task_completions"])
-        return obs, float(solved), terminated, truncated, {**info, "success": solved / self.num_tasks}
+        return float(solved), terminated, solved / self.num_tasks
 
 
 @functools.cache
