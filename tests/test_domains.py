@@ -305,6 +305,21 @@ def test_sparse_monte_carlo_rule_online_on_a_failing_and_a_succeeding_episode():
     np.testing.assert_array_equal(buffer.storage["masks"][:5].numpy(), [1, 1, 1, 0, 1])
 
 
+def test_sparse_rule_takes_the_unsuccessful_reward_from_the_suite():
+    from wsrl.config import PretrainConfig
+    from wsrl.train import sparse_fail_reward, with_env_defaults
+
+    def fail(env: str, **agent) -> float | None:
+        cfg = PretrainConfig(env=env)
+        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, **agent))
+        return sparse_fail_reward(with_env_defaults(cfg, resolve_env(env)), resolve_env(env))
+
+    assert fail(ANTMAZE) == 0.0 * 10 - 5 and fail(ADROIT) == -1.0 * 10 + 5  # raw failure reward, scaled once
+    assert fail(KITCHEN) is None and fail("Hopper-v5") is None
+    with pytest.raises(UserError, match="--sparse-reward: Hopper-v5's suite spec gives no reward of an unsuccessful step"):
+        fail("Hopper-v5", sparse_reward=True)
+
+
 @pytest.fixture
 def short_episodes(monkeypatch):
     """The suites' envs with 20-step episodes, so that tiny CLI runs finish episodes quickly."""
