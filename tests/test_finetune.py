@@ -58,7 +58,7 @@ def test_autoreset_step_is_not_stored_and_truncation_keeps_the_mask():
         finished += done
     # 12 vector steps x 2 envs, minus one autoreset step per env per finished episode.
     assert len(buffer) == 24 - 2 * 2
-    assert [length for _, length in finished] == [5, 5, 5, 5]
+    assert [episode.length for episode in finished] == [5, 5, 5, 5]
     obs = buffer.storage["observations"][: len(buffer)]
     nxt = buffer.storage["next_observations"][: len(buffer)]
     # A stored autoreset step would start from an episode's final observation; none does.

@@ -259,7 +259,7 @@ class PlotConfig:
     labels: tuple[str, ...] = ()
     """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
     metric: str = "auto"
-    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
+    """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""
     """Figure title."""
 

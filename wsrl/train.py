@@ -78,6 +78,16 @@ def with_env_defaults(cfg: RunConfig, spec: EnvSpec) -> RunConfig:
     return cfg
 
 
+def sparse_fail_reward(cfg: RunConfig, spec: EnvSpec) -> float | None:
+    """The scaled reward of an unsuccessful step, which Cal-QL's sparse return rule looks for."""
+    if not cfg.agent.sparse_reward:
+        return None
+    if spec.fail_reward is None:
+        raise UserError(f"--sparse-reward: {spec.name}'s suite spec gives no reward of an unsuccessful step "
+                        f"(fail_reward in envs/*.json), so failing episodes cannot be recognised")
+    return spec.fail_reward * cfg.reward_scale + cfg.reward_bias
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -132,12 +142,15 @@ def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, de
     venv = make_vector_env(spec, episodes)
     obs, _ = venv.reset(seed=seed + 1000)
     returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
+    success = None  # per episode, the largest info["success"] of its steps (envs that report it, wsrl.domains)
     was_training = actor.training
     actor.eval()
     while running.any():
         actions = policy_actions(actor, obs, device, deterministic=True)
-        obs, rewards, terminated, truncated, _ = venv.step(actions)
+        obs, rewards, terminated, truncated, info = venv.step(actions)
         returns += rewards * running
+        if "success" in info:
+            success = np.maximum(0.0 if success is None else success, info["success"] * running)
         running &= ~(terminated | truncated)
     actor.train(was_training)
     venv.close()
@@ -145,6 +158,8 @@ def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, de
     score = normalized_score(spec, metrics["eval/return"])
     if score is not None:
         metrics["eval/normalized_score"] = score
+    if success is not None:
+        metrics["eval/success_rate"] = float(success.mean())
     return metrics
 
 
@@ -251,12 +266,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
+    fail_reward = sparse_fail_reward(cfg, spec)
     obs_dim, act_dim = env_dims(make_env(spec))
     data = read_data(cfg, spec, obs_dim, act_dim)
     seed_everything(cfg.seed)
     agent = build_agent(cfg, cfg.net, cfg.algo, obs_dim, act_dim, device)
     buffer = ReplayBuffer.from_offline(data, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
-                                       cfg.agent.sparse_reward, device, seed=cfg.seed)
+                                       fail_reward, device, seed=cfg.seed)
     start = 0
     if cfg.resume and list_checkpoints(cfg.resume):
         meta, model_state, state = load_checkpoint(cfg.resume)
@@ -351,6 +367,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
+    fail_reward = sparse_fail_reward(cfg, spec)
     venv = make_vector_env(spec, cfg.num_envs)
     obs_dim, act_dim = env_dims(venv)
     if meta is not None and (meta["obs_dim"], meta["act_dim"]) != (obs_dim, act_dim):
@@ -363,12 +380,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if model_state is not None:
         load_learner_state(agent, model_state, state, f"checkpoint {cfg.resume or cfg.checkpoint}")
     buffer = ReplayBuffer(cfg.buffer_capacity, obs_dim, act_dim, device, seed=cfg.seed)
-    writer = BufferWriter(buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount)
+    writer = BufferWriter(buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount, fail_reward)
     collector = Collector(venv, seed=cfg.seed)
     offline = None
     if data is not None:
         offline = ReplayBuffer.from_offline(data, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
-                                            cfg.agent.sparse_reward, device, seed=cfg.seed + 1)
+                                            fail_reward, device, seed=cfg.seed + 1)
     uniform = np.random.default_rng(cfg.seed)
     counters = {"env_steps": 0, "updates": 0, "episodes": 0}
     if meta is not None and meta["kind"] == "finetune":
@@ -415,12 +432,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         writer(transitions)
         counters["env_steps"] += len(transitions)
         now = counters["env_steps"]
-        for episode_return, length in finished:
+        for episode in finished:
             counters["episodes"] += 1
-            ep = {"train/episode_return": episode_return, "train/episode_length": float(length)}
-            score = normalized_score(spec, episode_return)
+            ep = {"train/episode_return": episode.episode_return, "train/episode_length": float(episode.length)}
+            score = normalized_score(spec, episode.episode_return)
             if score is not None:
                 ep["train/normalized_score"] = score
+            if episode.success is not None:
+                ep["train/success"] = episode.success
             logger.log(now, ep, "online")
         # One update (utd critic steps + one actor step) per env step after the warmup.
         for _ in range(max(0, now - max(before, update_start))):

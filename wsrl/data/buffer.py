@@ -94,16 +94,15 @@ class ReplayBuffer:
 
     @classmethod
     def from_offline(cls, data: OfflineData, reward_scale: float, reward_bias: float, discount: float,
-                     sparse_reward: bool, device: torch.device | str, seed: int = 0,
+                     sparse_fail_reward: float | None, device: torch.device | str, seed: int = 0,
                      capacity: int | None = None) -> ReplayBuffer:
-        """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from them."""
+        """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from
+        them (``sparse_fail_reward``: the scaled reward of an unsuccessful step on sparse tasks)."""
         rewards = data.rewards * reward_scale + reward_bias
-        # Sparse tasks have two reward levels; the lower one is what a failing step earns.
-        fail = float(rewards.min()) if sparse_reward and len(rewards) else None
         buf = cls(capacity or len(data), data.observations.shape[1], data.actions.shape[1], device, seed)
         buf.add(observations=data.observations, actions=data.actions, rewards=rewards,
                 next_observations=data.next_observations, masks=1.0 - data.terminals.astype(np.float32),
-                mc_returns=returns_to_go(rewards, data.episode_ends, discount, fail))
+                mc_returns=returns_to_go(rewards, data.episode_ends, discount, sparse_fail_reward))
         return buf
 
 
