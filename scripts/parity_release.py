@@ -69,6 +69,7 @@ from wsrl.release import from_release, to_release
 
 OBS_DIM, ACT_DIM, N_ACTIONS = 5, 3, 10
 PARAM_TOL, LOSS_TOL = 1e-5, 1e-5
+GRAD_TOL = 1e-4  # relative; a diagnostic that points at the loss a parameter difference comes from
 RELEASE_SIDE = Path(__file__).resolve().parent / "parity" / "release_side.py"
 SAC_MODULES = ("modules_actor", "modules_critic", "modules_temperature")
 
@@ -312,6 +313,7 @@ def run_release(case: Case, sd: dict, net: NetConfig, batch: dict, draws: dict, 
     out = json.loads((folder / "release_out.json").read_text())
     out["params"] = unflatten(dict(np.load(folder / "release_params.npz")))
     out["target_params"] = unflatten(dict(np.load(folder / "release_target_params.npz")))
+    out["grads"] = dict(np.load(folder / "release_grads.npz"))
     out["given"] = (params, target)
     return out
 
@@ -329,10 +331,24 @@ def run_wsrl(case: Case, sd: dict, net: NetConfig, cfg: AgentConfig, batch: dict
         return metrics
 
     agent.critic_step = recorded
+    grads: list[tuple[str, dict]] = []
+    names = {id(p): k for k, p in model.named_parameters()}
+    for opt_name, opt in agent.optimizers.items():
+        opt.step = _recording_step(opt, opt_name, names, grads)
     utd_batch = {k: torch.as_tensor(v).reshape(case.utd, case.batch // case.utd, *v.shape[1:]) for k, v in batch.items()}
     with TorchReplay(draws, batch) as replay:
         metrics = agent.update(utd_batch)
-    return model.state_dict(), steps, {k: float(v) for k, v in metrics.items()}, replay.log
+    return model.state_dict(), steps, {k: float(v) for k, v in metrics.items()}, replay.log, grads
+
+
+def _recording_step(opt: torch.optim.Optimizer, opt_name: str, names: dict, grads: list):
+    step = opt.step
+
+    def recorded(*args, **kwargs):
+        grads.append((opt_name, {names[id(p)]: p.grad.detach().clone() for g in opt.param_groups
+                                 for p in g["params"] if p.grad is not None}))
+        return step(*args, **kwargs)
+    return recorded
 
 
 def run_case(name: str, case: Case, args) -> int:
@@ -351,7 +367,7 @@ def run_case(name: str, case: Case, args) -> int:
     back = from_release(*release["given"], net, sd)
     assert all(torch.equal(back[k], sd[k]) for k in back), "weight conversion is not exact"
 
-    new_sd, steps, metrics, wsrl_draws = run_wsrl(case, sd, net, cfg, batch, draws)
+    new_sd, steps, metrics, wsrl_draws, wsrl_grads = run_wsrl(case, sd, net, cfg, batch, draws)
     infos = release["infos"]
 
     ok = True
@@ -373,6 +389,8 @@ def run_case(name: str, case: Case, args) -> int:
             ok &= good
             print(f"  {lab:38s} {r:14.7g} {w:14.7g} {diff:9.2e} {rel:9.2e}  {'ok' if good else 'DIFF'}")
 
+    ok &= compare_gradients(release["grads"], wsrl_grads, release["given"][0], net, sd)
+
     released = from_release(release["params"], release["target_params"], net, new_sd)
     compared = _compared_keys(case, sd)
     print(f"  {'parameter':38s} {'max|diff|':>9s} {'max|update|':>11s}")
@@ -392,6 +410,60 @@ def run_case(name: str, case: Case, args) -> int:
           + (f"; only wsrl draws {', '.join(only_wsrl)}" if only_wsrl else ""))
     print(f"  {name}: {'within tolerance' if ok else 'DIFFERS'}")
     return 0 if ok else 1
+
+
+# The release's optimizer names and wsrl's; the release module each one trains.
+OPTIMIZERS = {"actor": ("actor", "modules_actor"), "critic": ("critic", "modules_critic"),
+              "value": ("value", "modules_value"), "temperature": ("temperature", "modules_temperature"),
+              "cql_alpha_lagrange": ("cql_alpha", "modules_cql_alpha_lagrange")}
+SCALAR_PARAMS = {"modules_temperature": "log_alpha", "modules_cql_alpha_lagrange": "cql_log_alpha"}
+
+
+def compare_gradients(release_grads: dict, wsrl_grads: list, given: dict, net: NetConfig, sd: dict) -> bool:
+    """Each optimizer's non-zero gradients, step by step, release against wsrl (relative to the
+    release's largest entry). The multipliers are compared as dL/dalpha: the release's
+    d/d softplus^-1(alpha) divided by sigmoid, wsrl's d/d log(alpha) divided by alpha."""
+    calls: dict[tuple[int, str], dict] = {}
+    for key, g in release_grads.items():
+        call, tx, path = key.split("/", 2)
+        calls.setdefault((int(call), tx), {})[path] = g
+    ok = True
+    print(f"  {'gradients (non-zero steps)':38s} {'max rel diff':>12s}  worst parameter")
+    zeros = {k: torch.zeros_like(v) for k, v in sd.items()}
+    for tx, (opt_name, module) in OPTIMIZERS.items():
+        release_steps = []
+        for (_, name), tree in sorted(calls.items()):
+            own = {p[len(module) + 1:]: g for p, g in tree.items() if p.startswith(module + "/")}
+            if name == tx and any(np.any(g) for g in own.values()):
+                release_steps.append(own)
+        wsrl_steps = [g for name, g in wsrl_grads if name == opt_name and any(bool(v.any()) for v in g.values())]
+        if len(release_steps) != len(wsrl_steps):
+            print(f"  {opt_name:38s} {len(release_steps)} non-zero steps in the release, {len(wsrl_steps)} in wsrl  DIFF")
+            ok = False
+        for i, (r, w) in enumerate(zip(release_steps, wsrl_steps)):
+            if module in SCALAR_PARAMS:
+                key = SCALAR_PARAMS[module]
+                lagrange = float(given[module]["lagrange"])
+                converted = {key: torch.tensor(float(r["lagrange"]) / (1 / (1 + math.exp(-lagrange))))}
+                w = {key: w[key] / math.exp(float(sd[key]))}
+            else:
+                from wsrl.release import unflatten
+
+                converted = from_release({module: unflatten(r)}, {}, net, zeros)
+            worst, worst_key, flagged = 0.0, "", []
+            for key, gw in w.items():
+                gr = converted[key]
+                rel = (gr - gw).abs().max().item() / max(gr.abs().max().item(), 1e-12)
+                if rel > worst:
+                    worst, worst_key = rel, key
+                if rel > GRAD_TOL:
+                    flagged.append((key, rel))
+            label = f"{opt_name} step {i}" if len(release_steps) > 1 else opt_name
+            print(f"  {label:38s} {worst:12.2e}  {worst_key}  {'ok' if not flagged else 'DIFF'}")
+            for key, rel in flagged if len(flagged) < len(w) else []:
+                print(f"  {'':40s}{key} {rel:.2e}")
+            ok &= not flagged
+    return ok
 
 
 def _compared_keys(case: Case, sd: dict) -> list[str]:

@@ -4,7 +4,7 @@ Imports the authors' JAX release (zhouzypaul/wsrl, 891ee35) from --release-src (
 is also called ``wsrl``, hence a separate process), builds the agent of one case from the
 release's own configs with the small hidden sizes of the case, loads the weights and batch that
 the wsrl side wrote, runs one ``update`` or ``update_high_utd`` under ``jax.disable_jit()``, and
-writes back the updated parameters and every update call's losses.
+writes back the updated parameters, every update call's losses and every optimizer's gradients.
 
 Random draws: with JIT off every ``jax.random`` call runs eagerly, so ``normal`` (the policy
 samples, via distrax), ``uniform`` (CQL's random actions) and ``randint`` (critic subsample
@@ -23,6 +23,7 @@ import argparse
 import inspect
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def dump_shapes(out: Path) -> None:
         shapes[name] = {"agent": algo, "config": config, "use_redq": redq, "obs_dim": OBS_DIM, "act_dim": ACT_DIM,
                         "critic_hidden": critic_hidden, "actor_hidden": actor_hidden,
                         "params": {k: list(v.shape) for k, v in flatten(agent.state.params).items()}}
-    out.write_text(json.dumps(shapes, indent=1) + "\n")
+    text = json.dumps(shapes, indent=1)
+    out.write_text(re.sub(r"\[[\d,\s]*\]", lambda m: json.dumps(json.loads(m.group())), text) + "\n")  # one line a shape
 
 
 class Replay:
@@ -183,6 +185,7 @@ def run_case(folder: Path) -> None:
     import numpy as np
     from wsrl.agents.iql import IQLAgent
     from wsrl.agents.sac import SACAgent
+    from wsrl.common.common import JaxRLTrainState
 
     case = json.loads((folder / "case.json").read_text())
     batch = dict(np.load(folder / "batch.npz"))
@@ -214,11 +217,22 @@ def run_case(folder: Path) -> None:
             return new, info
         return call
 
+    # Every optimizer's gradients of every update call (zeros where a network sits the call out).
+    gradients: dict[str, np.ndarray] = {}
+    apply_gradients = JaxRLTrainState.apply_gradients
+
+    def recorded_gradients(self, *, grads):
+        for tx, tree in grads.items():
+            for path, value in flatten(tree).items():
+                gradients[f"{len(infos)}/{tx}/{path}"] = value
+        return apply_gradients(self, grads=grads)
+
     originals = {kind: getattr(jax.random, kind) for kind in ("normal", "uniform", "randint")}
     replay = Replay(draws, originals)
     update = agent_cls.update
     try:
         agent_cls.update = recorded(update)
+        JaxRLTrainState.apply_gradients = recorded_gradients
         for kind in originals:
             setattr(jax.random, kind, replay.patched(kind))
         with jax.disable_jit():
@@ -228,11 +242,13 @@ def run_case(folder: Path) -> None:
                 agent, _ = agent.update(batch)
     finally:
         agent_cls.update = update
+        JaxRLTrainState.apply_gradients = apply_gradients
         for kind, fn in originals.items():
             setattr(jax.random, kind, fn)
 
     np.savez(folder / "release_params.npz", **flatten(agent.state.params))
     np.savez(folder / "release_target_params.npz", **flatten(agent.state.target_params))
+    np.savez(folder / "release_grads.npz", **gradients)
     (folder / "release_out.json").write_text(json.dumps({"infos": infos, "draws": replay.log}, indent=1))
 
 
