@@ -102,8 +102,10 @@ CQL_ROLES = ("td_next", "td_members", "actor_pi", "temperature_next",
              "cql_uniform", "cql_pi", "cql_next_pi", "cql_members")
 # Shared by sac_config.py, cql_config.py (+ensemble_config.py) for all the SAC-family cases.
 SAC_AGENT = dict(discount=0.99, actor_lr=1e-4, critic_lr=3e-4, temperature_lr=1e-4, tau=5e-3,
-                 init_temperature=1.0, target_entropy=None, backup_entropy=False)
-REDQ_NET = dict(ensemble_size=10, subsample_size=2, layer_norm=True)
+                 init_temperature=1.0, target_entropy=None, backup_entropy=False, max_target_backup=False)
+# --use_redq; kernel_scale_final 1e-2 on the last hidden layer of both networks.
+REDQ_NET = dict(ensemble_size=10, subsample_size=2, layer_norm=True, init="orthogonal",
+                actor_final_scale=1e-2, critic_final_scale=1e-2)
 
 CASES = {
     "sac": Case("sac", "locomotion_wsrl", False, SAC_MODULES, REDQ_NET, SAC_AGENT, losses=SAC_LOSSES),
@@ -111,17 +113,18 @@ CASES = {
                      update="update_high_utd", utd=4, batch=64),
     "cql": Case("cql", "locomotion_cql", True, SAC_MODULES, REDQ_NET,
                 dict(SAC_AGENT, cql_n_actions=N_ACTIONS, cql_alpha=5.0, cql_lagrange=False,
-                     cql_importance_sample=True, cql_max_target_backup=True, cql_temperature=1.0),
+                     cql_importance_sample=True, max_target_backup=True, cql_temperature=1.0),
                 draw_roles=CQL_ROLES, losses=CQL_LOSSES),
     "calql": Case("calql", "antmaze_cql", True, SAC_MODULES + ("modules_cql_alpha_lagrange",),
                   dict(REDQ_NET, actor_std="uniform"),
                   dict(SAC_AGENT, cql_n_actions=N_ACTIONS, cql_alpha=1.0, cql_lagrange=True, cql_target_gap=0.8,
-                       cql_alpha_lr=3e-4, cql_importance_sample=True, cql_max_target_backup=True, cql_temperature=1.0),
+                       cql_alpha_lr=3e-4, cql_importance_sample=True, max_target_backup=True, cql_temperature=1.0),
                   critic_hidden=(16, 16, 16, 16), draw_roles=CQL_ROLES,
                   losses=(*CQL_LOSSES[:3], ("Cal-QL bound rate", "critic/calql_bound_rate", "calql/bound_rate"),
                           *CQL_LOSSES[3:])),
     "iql": Case("iql", "locomotion_iql", False, ("modules_actor", "modules_critic", "modules_value"),
-                dict(ensemble_size=2, subsample_size=2, layer_norm=False, actor_std="uniform", actor_tanh=False),
+                dict(ensemble_size=2, subsample_size=2, layer_norm=False, actor_std="uniform", actor_tanh=False,
+                     init="var_scaling", actor_final_scale=1e-2, critic_final_scale=None),
                 dict(discount=0.99, actor_lr=3e-4, critic_lr=3e-4, value_lr=3e-4, tau=5e-3, expectile=0.7,
                      iql_temperature=3.0, iql_max_weight=100.0),
                 draw_roles=(),
@@ -211,8 +214,9 @@ def make_inputs(case: Case, net: NetConfig, seed: int) -> tuple[dict, dict, dict
 class TorchReplay:
     """Replaces torch's draws during wsrl's update by the recorded arrays of their role."""
 
-    FAMILIES = {"critic_target": "td", "critic_loss": "cql", "actor_loss": "actor",
-                "temperature_loss": "temperature"}
+    # The wsrl function a draw is made in -> its role family (see the module docstring).
+    FAMILIES = {"critic_target": "td", "penalty": "cql", "actor_loss": "actor",
+                "release_temperature_loss": "temperature"}
 
     def __init__(self, draws: dict, batch: dict):
         self.draws = draws
@@ -235,10 +239,13 @@ class TorchReplay:
             setattr(torch, name, fn)
 
     def family(self) -> str:
-        for frame in inspect.stack(context=0)[2:]:
-            if frame.filename.startswith(self.agents_dir) and frame.function in self.FAMILIES:
-                return self.FAMILIES[frame.function]
-        raise RuntimeError("unmapped wsrl draw outside " + ", ".join(self.FAMILIES))
+        frames = [f.function for f in inspect.stack(context=0)[2:] if f.filename.startswith(self.agents_dir)]
+        for i, function in enumerate(frames):
+            if function == "penalty" and i + 1 < len(frames) and frames[i + 1] == "release_losses":
+                return "alpha"  # release_exact's recomputed gap for the Lagrange loss (CQL.release_losses)
+            if function in self.FAMILIES:
+                return self.FAMILIES[function]
+        raise RuntimeError(f"unmapped wsrl draw in {frames}")
 
     def take(self, role: str, shape: tuple) -> np.ndarray:
         k = self.counts.get(role, 0)
@@ -252,8 +259,8 @@ class TorchReplay:
     def randn_like(self, like: torch.Tensor, **kwargs) -> torch.Tensor:
         family = self.family()
         role = {"td": "td_next", "actor": "actor_pi", "temperature": "temperature_next"}.get(family)
-        if family == "cql":
-            role = "cql_pi" if self.sampled_at() == "obs" else "cql_next_pi"
+        if family in ("cql", "alpha"):
+            role = f"{family}_pi" if self.sampled_at() == "obs" else f"{family}_next_pi"
         flat = self.take(role, tuple(like.shape))
         if like.dim() == 2:
             values = flat[: like.numel()].reshape(like.shape)
@@ -322,15 +329,19 @@ def run_wsrl(case: Case, sd: dict, net: NetConfig, cfg: AgentConfig, batch: dict
     model = ActorCritic(OBS_DIM, ACT_DIM, net, init_temperature=1.0, init_cql_alpha=1.0)
     model.load_state_dict(sd)
     agent = AGENTS[case.agent](model, cfg, net)
+    # The metrics of every step: critic_step per minibatch, or release_exact's release_step per call.
     steps: list[dict] = []
-    critic_step = agent.critic_step
 
-    def recorded(mb):
-        metrics = critic_step(mb)
-        steps.append({k: float(v) for k, v in metrics.items()})
-        return metrics
+    def recorded(step):
+        def call(*args, **kwargs):
+            metrics = step(*args, **kwargs)
+            steps.append({k: float(v) for k, v in metrics.items()})
+            return metrics
+        return call
 
-    agent.critic_step = recorded
+    for method in ("critic_step", "release_step"):
+        if hasattr(agent, method):
+            setattr(agent, method, recorded(getattr(agent, method)))
     grads: list[tuple[str, dict]] = []
     names = {id(p): k for k, p in model.named_parameters()}
     for opt_name, opt in agent.optimizers.items():
@@ -374,7 +385,9 @@ def run_case(name: str, case: Case, args) -> int:
     print(f"  {'quantity':38s} {'release':>14s} {'wsrl':>14s} {'|diff|':>9s} {'rel':>9s}")
     for label, rkey, wkey in case.losses:
         if rkey.startswith(("critic/", "value/")):  # one per critic step (minibatch)
-            pairs = [(info.get(rkey), step.get(wkey)) for info, step in zip(infos, steps)]
+            released = [info[rkey] for info in infos if rkey in info]
+            ours = [step[wkey] for step in steps if wkey in step]
+            pairs = [(r, w) for r, w in zip(released, ours + [None] * len(released))]
             labels = [f"{label} [minibatch {i}]" if len(pairs) > 1 else label for i in range(len(pairs))]
         else:
             pairs, labels = [(infos[-1].get(rkey), metrics.get(wkey))], [label]
@@ -422,7 +435,8 @@ SCALAR_PARAMS = {"modules_temperature": "log_alpha", "modules_cql_alpha_lagrange
 def compare_gradients(release_grads: dict, wsrl_grads: list, given: dict, net: NetConfig, sd: dict) -> bool:
     """Each optimizer's non-zero gradients, step by step, release against wsrl (relative to the
     release's largest entry). The multipliers are compared as dL/dalpha: the release's
-    d/d softplus^-1(alpha) divided by sigmoid, wsrl's d/d log(alpha) divided by alpha."""
+    d/d softplus^-1(alpha) divided by sigmoid, wsrl's d/d log(alpha) divided by alpha (or, under
+    release_exact, its d/d softplus^-1(alpha) divided by sigmoid too)."""
     calls: dict[tuple[int, str], dict] = {}
     for key, g in release_grads.items():
         call, tx, path = key.split("/", 2)
@@ -443,9 +457,9 @@ def compare_gradients(release_grads: dict, wsrl_grads: list, given: dict, net: N
         for i, (r, w) in enumerate(zip(release_steps, wsrl_steps)):
             if module in SCALAR_PARAMS:
                 key = SCALAR_PARAMS[module]
-                lagrange = float(given[module]["lagrange"])
-                converted = {key: torch.tensor(float(r["lagrange"]) / (1 / (1 + math.exp(-lagrange))))}
-                w = {key: w[key] / math.exp(float(sd[key]))}
+                converted = {key: torch.tensor(float(r["lagrange"]) / _sigmoid(float(given[module]["lagrange"])))}
+                raw = float(sd[key])  # softplus^-1 alpha under release_exact, else log alpha
+                w = {key: w[key] / (_sigmoid(raw) if net.release_exact else math.exp(raw))}
             else:
                 from wsrl.release import unflatten
 
@@ -473,6 +487,10 @@ def _compared_keys(case: Case, sd: dict) -> list[str]:
                 "modules_cql_alpha_lagrange": ("cql_log_alpha",)}
     wanted = tuple(p for m in case.modules for p in prefixes[m])
     return [k for k in sd if k.startswith(wanted)]
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
 
 
 def _fmt(x) -> str:
