@@ -2,7 +2,7 @@
 
     python scripts/parity_release.py --release-src /work/release-src \\
         --release-python /work/release-venv/bin/python [--release-exact] \\
-        [--algo sac|cql|calql|iql|wsrl-utd|all]
+        [--algo sac|wsrl-utd|cql|calql|calql-kitchen|wsrl-utd-antmaze|iql|all]
 
 Per case: builds one set of weights on wsrl's side (small dims: obs 5, act 3, hidden 16), a
 batch, and the random draws; converts the weights with wsrl.release; runs
@@ -19,6 +19,10 @@ Cases (the release's configs from experiments/configs/train_config.py, hidden si
             importance sampling, max-target backup
   calql     CalQLAgent.update on antmaze_cql with --use_redq: Lagrange alpha (gap 0.8),
             state-independent std, 4 critic layers
+  calql-kitchen  CalQLAgent.update on kitchen_cql with --use_redq (WSRL's kitchen pretraining):
+            no importance sampling, alpha 5, 3 layers, no 1e-2 final-layer init
+  wsrl-utd-antmaze  update_high_utd on antmaze_wsrl: state-independent std, 4 critic layers,
+            max-target backup online
   iql       IQLAgent.update on locomotion_iql: 2 critics, no LayerNorm, Gaussian policy (no tanh)
             with state-independent std, expectile 0.7, temperature 3
 --release-exact builds wsrl's side with NetConfig(release_exact=True, shared_critic_head=True).
@@ -122,6 +126,16 @@ CASES = {
                   critic_hidden=(16, 16, 16, 16), draw_roles=CQL_ROLES,
                   losses=(*CQL_LOSSES[:3], ("Cal-QL bound rate", "critic/calql_bound_rate", "calql/bound_rate"),
                           *CQL_LOSSES[3:])),
+    "calql-kitchen": Case("calql", "kitchen_cql", True, SAC_MODULES, dict(REDQ_NET, actor_final_scale=None,
+                                                                           critic_final_scale=None),
+                          dict(SAC_AGENT, cql_n_actions=N_ACTIONS, cql_alpha=5.0, cql_lagrange=False,
+                               cql_importance_sample=False, max_target_backup=True, cql_temperature=1.0),
+                          critic_hidden=(16, 16, 16), actor_hidden=(16, 16, 16), draw_roles=CQL_ROLES,
+                          losses=(*CQL_LOSSES[:3], ("Cal-QL bound rate", "critic/calql_bound_rate", "calql/bound_rate"),
+                                  *CQL_LOSSES[3:])),
+    "wsrl-utd-antmaze": Case("sac", "antmaze_wsrl", False, SAC_MODULES, dict(REDQ_NET, actor_std="uniform"),
+                             dict(SAC_AGENT, cql_n_actions=N_ACTIONS, max_target_backup=True), losses=SAC_LOSSES,
+                             critic_hidden=(16, 16, 16, 16), update="update_high_utd", utd=4, batch=64),
     "iql": Case("iql", "locomotion_iql", False, ("modules_actor", "modules_critic", "modules_value"),
                 dict(ensemble_size=2, subsample_size=2, layer_norm=False, actor_std="uniform", actor_tanh=False,
                      init="var_scaling", actor_final_scale=1e-2, critic_final_scale=None),
