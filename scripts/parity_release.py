@@ -2,7 +2,7 @@
 
     python scripts/parity_release.py --release-src /work/release-src \\
         --release-python /work/release-venv/bin/python [--release-exact] \\
-        [--algo sac|wsrl-utd|cql|calql|calql-kitchen|wsrl-utd-antmaze|iql|all]
+        [--algo sac|wsrl-utd|cql|calql|calql-kitchen|wsrl-utd-antmaze|iql|iql-kitchen|all]
 
 Per case: builds one set of weights on wsrl's side (small dims: obs 5, act 3, hidden 16), a
 batch, and the random draws; converts the weights with wsrl.release; runs
@@ -25,28 +25,37 @@ Cases (the release's configs from experiments/configs/train_config.py, hidden si
             max-target backup online
   iql       IQLAgent.update on locomotion_iql: 2 critics, no LayerNorm, Gaussian policy (no tanh)
             with state-independent std, expectile 0.7, temperature 3
+  iql-kitchen  IQLAgent.update on kitchen_iql: as iql with policy dropout 0.1, temperature 0.5
 --release-exact builds wsrl's side with NetConfig(release_exact=True, shared_critic_head=True).
 
 Random draws. Both sides replay the same arrays, chosen by role; the release's side replaces
 jax.random.{normal,uniform,randint} under jax.disable_jit() (release_side.py), wsrl's side
-torch.{randn_like,rand,randint} during the update (TorchReplay below). Roles, with the
-release's call site and layout, and wsrl's:
+torch.{randn_like,rand,randint} during the update (TorchReplay below; the role comes from the
+wsrl function drawing). Roles, with the release's call site and layout, and wsrl's:
   td_next          policy noise of a' ~ pi(s') in the TD target: sac.py:186 via distrax, shape
-                   (n, B, A) with n = 1 or cql_n_actions; wsrl randn_like in critic_target,
-                   [B, A] or [B, n, A] (the release's transposed)
-  td_members       target critics of the TD target: sac.py:238 randint(k); wsrl subsample
-                   (rand(E).argsort()[:k], replayed so that the same members come first)
+                   (n, B, A) with n = 1 or n_actions (max-target backup); wsrl randn_like in
+                   critic_target, [B, A] or [B, n, A] (the release's transposed)
+  td_members       target critics of the TD target: sac.py:238 randint(k); wsrl critic_target:
+                   randint (release_exact) or rand(E).argsort()[:k], replayed so that the same
+                   members come first
   actor_pi         a ~ pi(s) of the actor loss: sac.py:295; wsrl randn_like in actor_loss
-  temperature_next a' ~ pi(s') whose entropy the temperature loss uses: sac.py:342; wsrl's
-                   default uses the actor loss's sample at s and draws nothing here
-  cql_uniform      CQL's uniform actions: cql.py:56, (B, n, A) in [-1, 1); wsrl rand*2-1
-  cql_pi, cql_next_pi  CQL's actions from pi(s), pi(s'): cql.py:71,80, (n, B, A)
-  cql_members      critics the CQL penalty is applied to: cql.py:115 randint(k)
+  temperature_next a' ~ pi(s') whose entropy the temperature loss uses: sac.py:342;
+                   wsrl release_temperature_loss (release_exact); wsrl's default reuses the
+                   actor loss's sample at s and draws nothing here
+  cql_uniform      CQL's uniform actions: cql.py:56, (B, n, A) in [-1, 1); wsrl penalty, rand*2-1
+  cql_pi, cql_next_pi  CQL's actions from pi(s), pi(s'): cql.py:71,80, (n, B, A); wsrl penalty
+                   (which one: the observations the policy is sampled at)
+  cql_members      critics the CQL penalty is applied to: cql.py:115 randint(k); wsrl penalty
+                   (release_exact)
   alpha_*          the Lagrange loss's own CQL draws (cql.py:300-302 recomputes the gap with a
-                   fresh rng); fed the same arrays as cql_*, so both sides see one sample
-Member draws are distinct indices, so a draw with replacement (the release) and one without
-(wsrl's default) can take the same members; uniform values are multiples of 2**-20, so that
-rand*2-1 reproduces them exactly. Policy dropout is not exercised (no case uses it).
+                   fresh rng; wsrl's CQL.release_losses likewise): fed the same arrays as cql_*
+  actor_dropout    the policy's dropout keep masks, one per hidden layer: flax's bernoulli
+                   (mlp.py:261); wsrl's nn.Dropout modules of the actor, replaced by the masks
+A draw one side makes and the other does not is listed after each case. Member draws are
+distinct indices, so a draw with replacement (the release) and one without (wsrl's default)
+can take the same members, except, with --release-exact, each role's first draw, which takes
+one member twice; uniform values are multiples of 2**-20, so that rand*2-1 reproduces them
+exactly.
 """
 
 from __future__ import annotations
@@ -102,6 +111,9 @@ CQL_LOSSES = (("critic loss", "critic/critic_loss", "losses/critic_loss"),
               ("TD loss", "critic/td_loss", "losses/td_loss"),
               ("CQL penalty (logsumexp Q - Q data)", "critic/cql_diff", "losses/cql_diff"),
               *SAC_LOSSES[1:])
+IQL_LOSSES = (("IQL critic (TD) loss", "critic/td_loss", "losses/critic_loss"),
+              ("IQL value loss", "value/value_loss", "losses/value_loss"),
+              ("IQL actor loss", "actor/actor_loss", "losses/actor_loss"))
 CQL_ROLES = ("td_next", "td_members", "actor_pi", "temperature_next",
              "cql_uniform", "cql_pi", "cql_next_pi", "cql_members")
 # Shared by sac_config.py, cql_config.py (+ensemble_config.py) for all the SAC-family cases.
@@ -136,15 +148,19 @@ CASES = {
     "wsrl-utd-antmaze": Case("sac", "antmaze_wsrl", False, SAC_MODULES, dict(REDQ_NET, actor_std="uniform"),
                              dict(SAC_AGENT, cql_n_actions=N_ACTIONS, max_target_backup=True), losses=SAC_LOSSES,
                              critic_hidden=(16, 16, 16, 16), update="update_high_utd", utd=4, batch=64),
+    "iql-kitchen": Case("iql", "kitchen_iql", False, ("modules_actor", "modules_critic", "modules_value"),
+                        dict(ensemble_size=2, subsample_size=2, layer_norm=False, actor_std="uniform",
+                             actor_tanh=False, init="var_scaling", actor_final_scale=1e-2, critic_final_scale=None,
+                             actor_dropout=0.1),
+                        dict(discount=0.99, actor_lr=3e-4, critic_lr=3e-4, value_lr=3e-4, tau=5e-3, expectile=0.7,
+                             iql_temperature=0.5, iql_max_weight=100.0),
+                        draw_roles=("actor_dropout",), losses=IQL_LOSSES),
     "iql": Case("iql", "locomotion_iql", False, ("modules_actor", "modules_critic", "modules_value"),
                 dict(ensemble_size=2, subsample_size=2, layer_norm=False, actor_std="uniform", actor_tanh=False,
                      init="var_scaling", actor_final_scale=1e-2, critic_final_scale=None),
                 dict(discount=0.99, actor_lr=3e-4, critic_lr=3e-4, value_lr=3e-4, tau=5e-3, expectile=0.7,
                      iql_temperature=3.0, iql_max_weight=100.0),
-                draw_roles=(),
-                losses=(("IQL critic (TD) loss", "critic/td_loss", "losses/critic_loss"),
-                        ("IQL value loss", "value/value_loss", "losses/value_loss"),
-                        ("IQL actor loss", "actor/actor_loss", "losses/actor_loss"))),
+                draw_roles=(), losses=IQL_LOSSES),
 }
 
 
@@ -209,12 +225,18 @@ def make_inputs(case: Case, net: NetConfig, seed: int) -> tuple[dict, dict, dict
     # Cal-QL's bound near the Q-values, so that it is active for some samples and not others.
     batch["mc_returns"] = (q.median(0).values.numpy() + q.std().item() * rng.standard_normal(b)).astype(np.float32)
 
-    size = N_ACTIONS * b * ACT_DIM
+    size = max(N_ACTIONS * ACT_DIM, *case.actor_hidden) * b
     draws = {}
     for role in case.draw_roles:
-        for k in range(case.utd + 1):
-            if role.endswith("_members"):
+        for k in range(case.utd + 1 if role != "actor_dropout" else len(case.actor_hidden)):
+            if role.endswith("_members") and net.release_exact and k == 0:
+                # One draw of the same member twice: only a draw with replacement (the release's
+                # randint, wsrl's release_exact) can take it.
+                draws[f"{role}/{k}"] = np.full(net.subsample_size, rng.integers(net.ensemble_size))
+            elif role.endswith("_members"):
                 draws[f"{role}/{k}"] = rng.choice(net.ensemble_size, net.subsample_size, replace=False)
+            elif role == "actor_dropout":
+                draws[f"{role}/{k}"] = (rng.uniform(size=size) >= net.actor_dropout).astype(np.uint8)
             elif role.endswith("_uniform"):
                 draws[f"{role}/{k}"] = (rng.integers(0, 2**20, size) / 2**19 - 1).astype(np.float32)
             else:
@@ -299,6 +321,13 @@ class TorchReplay:
         members = self.take(f"{self.family()}_members", shape)
         return torch.as_tensor(members[: math.prod(shape)].reshape(shape), device=kwargs.get("device"))
 
+    def dropout(self, rate: float):
+        """An nn.Dropout forward that applies the recorded keep masks (flax: x / keep_prob where kept)."""
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            mask = self.take("actor_dropout", tuple(x.shape))[: x[0].numel()].reshape(x.shape[1:])
+            return torch.where(torch.as_tensor(mask, dtype=torch.bool), x / (1 - rate), torch.zeros_like(x))
+        return forward
+
     def unmapped(self, *args, **kwargs):
         raise RuntimeError("wsrl draws with a torch function the harness does not replay")
 
@@ -362,6 +391,9 @@ def run_wsrl(case: Case, sd: dict, net: NetConfig, cfg: AgentConfig, batch: dict
         opt.step = _recording_step(opt, opt_name, names, grads)
     utd_batch = {k: torch.as_tensor(v).reshape(case.utd, case.batch // case.utd, *v.shape[1:]) for k, v in batch.items()}
     with TorchReplay(draws, batch) as replay:
+        for module in model.actor.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.forward = replay.dropout(module.p)
         metrics = agent.update(utd_batch)
     return model.state_dict(), steps, {k: float(v) for k, v in metrics.items()}, replay.log, grads
 

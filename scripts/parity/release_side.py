@@ -7,8 +7,8 @@ the wsrl side wrote, runs one ``update`` or ``update_high_utd`` under ``jax.disa
 writes back the updated parameters, every update call's losses and every optimizer's gradients.
 
 Random draws: with JIT off every ``jax.random`` call runs eagerly, so ``normal`` (the policy
-samples, via distrax), ``uniform`` (CQL's random actions) and ``randint`` (critic subsample
-indices) are replaced by a replay of the arrays in ``draws.npz``, chosen by the draw's role,
+samples, via distrax), ``uniform`` (CQL's random actions), ``randint`` (critic subsample
+indices) and ``bernoulli`` (flax's dropout masks) are replaced by a replay of the arrays in ``draws.npz``, chosen by the draw's role,
 which is read off the call stack (which loss function, which observations). The roles and their
 layouts are documented in scripts/parity_release.py. Flax's own initialiser calls (its
 shape check of every parameter under ``jax.eval_shape`` during ``apply``) pass through.
@@ -113,10 +113,12 @@ class Replay:
         self.log: list[dict] = []
 
     def patched(self, kind: str):
-        def draw(key, shape=(), *args, **kwargs):
+        def draw(key, *args, **kwargs):
             if "/jax/_src/nn/initializers.py" in sys._getframe(1).f_code.co_filename:
-                return self.originals[kind](key, shape, *args, **kwargs)  # flax's param shape check
-            return self.replay(kind, tuple(shape), args, kwargs)
+                return self.originals[kind](key, *args, **kwargs)  # flax's param shape check
+            # shape by keyword (distrax, cql.py, flax's dropout) or positionally (randint in sac.py)
+            shape, rest = (kwargs.pop("shape"), args) if "shape" in kwargs else (args[0], args[1:])
+            return self.replay(kind, tuple(shape), rest, kwargs)
         return draw
 
     def replay(self, kind: str, shape: tuple, args: tuple, kwargs: dict):
@@ -139,6 +141,8 @@ class Replay:
             values = flat[:size].reshape(shape)
             assert minval == 0 and np.all(values < maxval), (name, minval, maxval)
             return jnp.asarray(values, dtype=jnp.int32)
+        if kind == "bernoulli":  # the recorded keep masks, 1 = kept
+            return jnp.asarray(flat[:size].reshape(shape).astype(bool))
         if kind == "uniform":
             assert kwargs.get("minval") == -1.0 and kwargs.get("maxval") == 1.0, kwargs  # cql.py:56-61
         return jnp.asarray(flat[:size].reshape(shape), dtype=jnp.float32)
@@ -147,6 +151,10 @@ class Replay:
     def role(kind: str) -> str:
         frames = [f for f in inspect.stack(context=0) if "/wsrl/agents/" in f.filename]
         names = [f.function for f in frames]
+        if kind == "bernoulli":
+            if names and names[0] == "forward_policy":
+                return "actor_dropout"  # one draw per hidden layer of the policy (mlp.py:260-261)
+            raise RuntimeError(f"unmapped release dropout in {names}")
         if "_get_cql_q_diff" in names:
             # cql.py:300-302: the Lagrange loss recomputes the CQL gap with its own draws.
             prefix = "alpha" if "cql_alpha_loss_fn" in names else "cql"
@@ -226,7 +234,7 @@ def run_case(folder: Path) -> None:
                 gradients[f"{len(infos)}/{tx}/{path}"] = value
         return apply_gradients(self, grads=grads)
 
-    originals = {kind: getattr(jax.random, kind) for kind in ("normal", "uniform", "randint")}
+    originals = {kind: getattr(jax.random, kind) for kind in ("normal", "uniform", "randint", "bernoulli")}
     replay = Replay(draws, originals)
     update = agent_cls.update
     try:
