@@ -50,7 +50,7 @@ wsrl function drawing). Roles, with the release's call site and layout, and wsrl
   alpha_*          the Lagrange loss's own CQL draws (cql.py:300-302 recomputes the gap with a
                    fresh rng; wsrl's CQL.release_losses likewise): fed the same arrays as cql_*
   actor_dropout    the policy's dropout keep masks, one per hidden layer: flax's bernoulli
-                   (mlp.py:261); wsrl's nn.Dropout modules of the actor, replaced by the masks
+                   (mlp.py:40); wsrl's nn.Dropout modules of the actor, replaced by the masks
 A draw one side makes and the other does not is listed after each case. Member draws are
 distinct indices, so a draw with replacement (the release) and one without (wsrl's default)
 can take the same members, except, with --release-exact, each role's first draw, which takes
@@ -65,6 +65,7 @@ import dataclasses
 import inspect
 import json
 import math
+import platform
 import subprocess
 import sys
 import tempfile
@@ -78,11 +79,12 @@ import wsrl.agents
 from wsrl.agents import AGENTS
 from wsrl.config import AgentConfig, NetConfig
 from wsrl.nets import ActorCritic
-from wsrl.release import from_release, to_release
+from wsrl.release import flatten, from_release, to_release, unflatten
 
 OBS_DIM, ACT_DIM, N_ACTIONS = 5, 3, 10
 PARAM_TOL, LOSS_TOL = 1e-5, 1e-5
 GRAD_TOL = 1e-4  # relative; a diagnostic that points at the loss a parameter difference comes from
+RELEASE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "distrax", "tensorflow-probability", "numpy", "scipy")
 RELEASE_SIDE = Path(__file__).resolve().parent / "parity" / "release_side.py"
 SAC_MODULES = ("modules_actor", "modules_critic", "modules_temperature")
 
@@ -174,12 +176,20 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = list(CASES) if args.algo == "all" else [args.algo]
+    print(f"release side: {release_versions(args.release_python)}; "
+          f"wsrl side: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}")
     failures = 0
     for name in names:
         failures += run_case(name, CASES[name], args)
     print(f"\n{len(names) - failures}/{len(names)} cases within tolerance "
           f"(parameters {PARAM_TOL:g} absolute, losses {LOSS_TOL:g} relative)")
     return 1 if failures else 0
+
+
+def release_versions(python: str) -> str:
+    code = ("import platform; from importlib.metadata import version; "
+            f"print(', '.join(['Python ' + platform.python_version()] + [p + ' ' + version(p) for p in {RELEASE_PACKAGES!r}]))")
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def wsrl_configs(case: Case, release_exact: bool) -> tuple[NetConfig, AgentConfig]:
@@ -344,8 +354,6 @@ class TorchReplay:
 
 
 def run_release(case: Case, sd: dict, net: NetConfig, batch: dict, draws: dict, args, folder: Path) -> dict:
-    from wsrl.release import flatten
-
     params, target = to_release(sd, net, case.modules)
     np.savez(folder / "params.npz", **flatten(params))
     np.savez(folder / "target_params.npz", **flatten(target))
@@ -358,8 +366,6 @@ def run_release(case: Case, sd: dict, net: NetConfig, batch: dict, draws: dict, 
                            "--dir", str(folder)], cwd=folder, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"release side failed:\n{proc.stderr[-4000:]}")
-    from wsrl.release import unflatten
-
     out = json.loads((folder / "release_out.json").read_text())
     out["params"] = unflatten(dict(np.load(folder / "release_params.npz")))
     out["target_params"] = unflatten(dict(np.load(folder / "release_target_params.npz")))
@@ -507,9 +513,7 @@ def compare_gradients(release_grads: dict, wsrl_grads: list, given: dict, net: N
                 raw = float(sd[key])  # softplus^-1 alpha under release_exact, else log alpha
                 w = {key: w[key] / (_sigmoid(raw) if net.release_exact else math.exp(raw))}
             else:
-                from wsrl.release import unflatten
-
-                converted = from_release({module: unflatten(r)}, {}, net, zeros)
+                            converted = from_release({module: unflatten(r)}, {}, net, zeros)
             worst, worst_key, flagged = 0.0, "", []
             for key, gw in w.items():
                 gr = converted[key]

@@ -153,7 +153,7 @@ class Replay:
         names = [f.function for f in frames]
         if kind == "bernoulli":
             if names and names[0] == "forward_policy":
-                return "actor_dropout"  # one draw per hidden layer of the policy (mlp.py:260-261)
+                return "actor_dropout"  # one draw per hidden layer of the policy (mlp.py:39-40)
             raise RuntimeError(f"unmapped release dropout in {names}")
         if "_get_cql_q_diff" in names:
             # cql.py:300-302: the Lagrange loss recomputes the CQL gap with its own draws.
