@@ -67,27 +67,18 @@ def make_agent(algo: str, config: str, redq: bool, critic_hidden: list[int], act
                                encoder_def=None, **kwargs)
 
 
-def flatten(tree, prefix: str = "") -> dict:
+def flatten(tree) -> dict:
+    """{"modules_actor": {"network": ...}} -> {"modules_actor/network/...": array}, as in the files."""
     import numpy as np
+    from flax.traverse_util import flatten_dict
 
-    flat = {}
-    for key, value in tree.items():
-        if hasattr(value, "items"):
-            flat.update(flatten(value, f"{prefix}{key}/"))
-        else:
-            flat[f"{prefix}{key}"] = np.asarray(value)
-    return flat
+    return {k: np.asarray(v) for k, v in flatten_dict(dict(tree), sep="/").items()}
 
 
 def unflatten(flat: dict) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict(flat, sep="/")
 
 
 def dump_shapes(out: Path) -> None:
@@ -178,12 +169,9 @@ class Replay:
 def scalars(info: dict) -> dict:
     """Every scalar of one update call's info, e.g. {"critic/critic_loss": 1.2}."""
     import numpy as np
+    from flax.traverse_util import flatten_dict
 
-    out = {}
-    for key, value in flatten(info).items():
-        if value is not None and np.ndim(value) == 0:
-            out[key] = float(value)
-    return out
+    return {k: float(v) for k, v in flatten_dict(dict(info), sep="/").items() if v is not None and np.ndim(v) == 0}
 
 
 def run_case(folder: Path) -> None:
