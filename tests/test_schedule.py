@@ -188,3 +188,18 @@ if __name__ == "__main__":
         metrics = tiny_runs(Path(tmp))
     BEFORE.write_text(json.dumps({"machine": machine(), "metrics": metrics}, indent=0) + "\n")
     print(f"wrote {len(metrics)} values to {BEFORE}", file=sys.stderr)
+
+
+def test_pretraining_follows_its_schedule_per_gradient_step(tmp_path, hopper_file):
+    out = tmp_path / "pre"
+    assert run_wsrl("pretrain", "--env", "Hopper-v5", "--dataset", hopper_file, "--steps", 40, "--out", out,
+                    "--eval-every", 40, "--save-every", 40, "--batch-size", 32, "--lr-schedule", "wsd",
+                    "--lr-warmup-updates", 0, "--lr-decay-fraction", 0.5, "--lr-schedule-on", "critic",
+                    *TINY, "--log-every", 10) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    critic = {r["step"]: r["train/lr_critic"] for r in rows if "train/lr_critic" in r}
+    actor = {r["step"]: r["train/lr_actor"] for r in rows if "train/lr_actor" in r}
+    base = json.loads((out / "config.json").read_text())["agent"]
+    # Step s is update s - 1; the last 20 of 40 decay to 0: step 30 is 10 of them in.
+    assert critic == pytest.approx({10: base["critic_lr"], 20: base["critic_lr"], 30: base["critic_lr"] / 2, 40: 0.0})
+    assert set(actor.values()) == {base["actor_lr"]}
