@@ -143,7 +143,7 @@ class RunConfig:
     lr_warmup_start x lr to lr over lr_warmup_updates); wsd (rewarm, then linear decay to lr_final x lr over the
     last lr_decay_fraction of the run's updates). Scales each optimizer's own lr (docs/dip.md)."""
     lr_warmup_start: float = 0.0
-    """rewarm/wsd: the first update's lr ramps up from this fraction of the lr."""
+    """rewarm/wsd: the ramp's start, a fraction of the lr (update k of the ramp, from 1, is at start + (1 - start) k / lr_warmup_updates)."""
     lr_warmup_updates: int = 1_000
     """rewarm/wsd: updates of the linear ramp to the full lr (wsd: 0 = no ramp)."""
     lr_decay_fraction: float = 0.2

@@ -423,7 +423,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     update = make_update(agent, cfg, device)
     # Critic first (--actor-update-delay): its own update function, chosen here by the host's
     # counter, so neither kind of update holds a data-dependent branch (compile, CUDA graphs).
-    critic_first = make_update(agent, cfg, device, train_actor=False) if cfg.actor_update_delay > counters["updates"] else None
+    critic_first = (make_update(agent, cfg, device, train_actor=False)
+                    if cfg.actor_update_delay > counters["updates"] else None)
     actor = agent.model.actor
     minibatch = cfg.batch_size // cfg.utd
     update_start = first_update_step(cfg, spec)
