@@ -279,3 +279,47 @@ def load_preset(name: str) -> dict:
     data = json.loads(path.read_text())
     data.pop("_comment", None)
     return data
+
+
+@dataclass
+class SweepConfig:
+    """Run envs x methods x seeds as Ray tasks: `wsrl sweep SWEEP_FILE --out DIR` (docs/sweep.md)."""
+
+    file: tyro.conf.Positional[str] = ""
+    """Sweep file (.toml; .yaml/.yml with PyYAML); may be left out when --envs and --methods are given."""
+    out: str = ""
+    """Root of the run tree: DIR/<env>/<method>/seed<k>, pretraining under DIR/<env>/_pretrain/."""
+    envs: tuple[str, ...] = ()
+    """Envs to run, replacing the file's: NAME (an env of the file, a Gymnasium id or a D4RL name) or NAME=DATASET."""
+    methods: tuple[str, ...] = ()
+    """Methods to run, replacing the file's: a method of the file or a recipe name."""
+    seeds: tuple[int, ...] = ()
+    """Seeds to run, replacing the file's."""
+    pretrain_flags: str = ""
+    """Flags added to every pretraining run, e.g. "--steps 8000 --eval-every 1000" (over the file's)."""
+    finetune_flags: str = ""
+    """Flags added to every fine-tuning run, e.g. "--steps 30000" (over the file's)."""
+    address: str = ""
+    """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
+    cpus_per_run: int = 1
+    """CPUs Ray reserves for each run; also the run's torch threads (--threads)."""
+    gpus_per_run: float = 0.0
+    """GPUs Ray reserves for each run (0.25: four runs share a GPU); 0 runs on CPU (--device cpu)."""
+    max_concurrent: int = 0
+    """At most this many runs at once; 0 = as many as the cluster's CPUs and GPUs fit."""
+    dry_run: bool = False
+    """Print each run's command (or that it is finished) and start nothing."""
+
+
+@dataclass
+class ReportConfig:
+    """Tables and figures of fine-tuning runs across envs, methods and seeds: `wsrl report DIR... --out REPORT/`."""
+
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """Sweep directories or run directories; searched for fine-tuning runs."""
+    out: str = "report"
+    """Output folder (report.md, CSV tables, PNG figures); a previous report there is replaced."""
+    resamples: int = 10_000
+    """Stratified bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap, so a report is reproducible."""
