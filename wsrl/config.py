@@ -296,9 +296,9 @@ class SweepConfig:
     seeds: tuple[int, ...] = ()
     """Seeds to run, replacing the file's."""
     pretrain_flags: str = ""
-    """Flags added to every pretraining run, e.g. "--steps 8000 --eval-every 1000" (over the file's)."""
+    """Flags added to every pretraining run, over the file's; with =: --pretrain-flags="--steps 8000 --eval-every 1000"."""
     finetune_flags: str = ""
-    """Flags added to every fine-tuning run, e.g. "--steps 30000" (over the file's)."""
+    """Flags added to every fine-tuning run, over the file's; with =: --finetune-flags="--steps 30000"."""
     address: str = ""
     """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
     cpus_per_run: int = 1

@@ -32,12 +32,13 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from wsrl.atomic import atomic_write
-from wsrl.checkpoint import list_checkpoints
+from wsrl.checkpoint import list_checkpoints, run_finished as finished
 from wsrl.config import FinetuneConfig, PretrainConfig, SweepConfig
 from wsrl.errors import UserError
 from wsrl.recipes import pretrain_as, recipe_names
@@ -150,8 +151,13 @@ def _validate_flags(cls: type, flags: Flags, where: str) -> None:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
             tyro.cli(cls, default=cls(), args=flag_args(flags), config=(tyro.conf.OmitArgPrefixes,))
     except SystemExit:
+        # tyro's message is a box: a title, the problem, then a suggestion or the flag's help.
         lines = [line.strip(" │╭╮╰╯─┃━┏┓┗┛") for line in captured.getvalue().splitlines()]
-        message = "; ".join(line for line in lines if line and not line.startswith("For full helptext"))
+        lines = [line for line in lines if line.strip("-")]
+        ends = [i for i, line in enumerate(lines) if line.startswith(("Perhaps you meant", "Argument helptext", "For full"))]
+        message = "; ".join(lines[1:ends[0]] if ends and ends[0] > 1 else lines[:1])
+        if ends and lines[ends[0]].startswith("Perhaps") and ends[0] + 1 < len(lines):
+            message += f" (perhaps {lines[ends[0] + 1].split()[0]})"
         raise UserError(f"{where}: {message or 'not valid flags'}") from None
 
 
@@ -210,7 +216,9 @@ def _check_env(env: Env, where: str) -> None:
     from wsrl.envs import make_env, resolve_env
 
     try:
-        make_env(resolve_env(env.env)).close()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the env's own warnings are for its runs' logs
+            make_env(resolve_env(env.env)).close()
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
 
@@ -356,15 +364,6 @@ def command(run: Run, root: Path, resume: bool, threads: int, device: str) -> li
     return [*run.args, *checkpoint, "--out", out, "--overwrite", *resources]
 
 
-def finished(run_dir: Path) -> bool:
-    """The newest checkpoint is at (or past, for several envs per step) the run's --steps."""
-    config = run_dir / "config.json"
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints or not config.is_file():
-        return False
-    return int(checkpoints[-1].name.removeprefix("step_")) >= json.loads(config.read_text())["steps"]
-
-
 def _die_with_parent(parent: int) -> None:
     """In the run's process before it execs: SIGKILL it when the Ray worker that started it dies
     (Linux; a killed sweep then leaves no run writing into the tree)."""
@@ -467,16 +466,17 @@ def _check_tree(root: Path, runs: list[Run]) -> dict:
 
 
 def _connect(ray, cfg: SweepConfig) -> None:
-    kwargs = {"log_to_driver": False, "logging_level": "WARNING"}
     if not cfg.address:
-        # A Ray of its own (not one a `ray start` left on this machine); its dashboard would be a
-        # second progress view nobody asked for.
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        # A Ray of its own (not one a `ray start` left on this machine), quiet: its dashboard
+        # would be a second progress view nobody asked for, its notices are about clusters.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         return
     try:
-        ray.init(address=cfg.address, **kwargs)
+        ray.init(address=cfg.address, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError) as e:
-        raise UserError(f"--address {cfg.address}: cannot join a Ray cluster there ({str(e).splitlines()[0]})") from None
+        raise UserError(f"--address {cfg.address}: cannot join a Ray cluster there ({str(e).splitlines()[0]}); is "
+                        f"`ray start --head` running there, and with token authentication RAY_AUTH_MODE=token set "
+                        f"here (docs/sweep.md)?") from None
 
 
 def _concurrency(ray, cfg: SweepConfig) -> int:
