@@ -67,9 +67,9 @@ def shipped_policy_info(name: str) -> dict:
 
 def _actor_from_weights(net: dict, obs_dim: int, act_dim: int, weights: dict[str, torch.Tensor], where: str):
     from wsrl.config import NetConfig, from_dict
-    from wsrl.nets import TanhGaussianActor
+    from wsrl.nets import Actor
 
-    actor = TanhGaussianActor(obs_dim, act_dim, from_dict(NetConfig, net, where))
+    actor = Actor(obs_dim, act_dim, from_dict(NetConfig, net, where))
     try:
         actor.load_state_dict(weights)
     except RuntimeError as e:
