@@ -21,7 +21,7 @@ from conftest import random_rollouts, run_wsrl, write_d4rl
 from wsrl.checkpoint import list_checkpoints, run_finished as finished
 from wsrl.config import SweepConfig
 from wsrl.errors import UserError
-from wsrl.sweep import load_sweep, plan_runs
+from wsrl.grid import load_sweep, plan_runs
 
 # Usage stats off; token authentication kept on, which a driver joining a cluster must ask for.
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
@@ -215,12 +215,12 @@ rlpd = {}
     assert rlpd.after == "" and rlpd.args[:8] == ("finetune", "--recipe", "rlpd", "--env", "Pendulum-v1", "--seed", "3",
                                                   "--dataset") and rlpd.args[8] == data
     # YAML says the same; the command line narrows the grid and adds flags.
-    yaml_plan = _plan(tmp_path, f"""
+    yaml_plan = _plan(tmp_path, """
 seeds: [3]
-envs: {{pend: {{env: Pendulum-v1, dataset: d.hdf5, finetune: {{eval-every: 7}}}}}}
-pretrain: {{steps: 5}}
-methods: {{wsrl: {{}}, no-warmup: {{recipe: wsrl-no-warmup, finetune: {{utd: 2}}}}, bc: {{recipe: wsrl, pretrain: {{bc-steps: 2}}}},
-          cql: {{recipe: cql-finetune}}, rlpd: {{}}}}
+envs: {pend: {env: Pendulum-v1, dataset: d.hdf5, finetune: {eval-every: 7}}}
+pretrain: {steps: 5}
+methods: {wsrl: {}, no-warmup: {recipe: wsrl-no-warmup, finetune: {utd: 2}}, bc: {recipe: wsrl, pretrain: {bc-steps: 2}},
+          cql: {recipe: cql-finetune}, rlpd: {}}
 """, "s.yaml")
     assert yaml_plan == plan
     narrow = _plan(tmp_path, (tmp_path / "s.toml").read_text(), methods=("no-warmup", "wsrl-retain"), seeds=(0, 1),
