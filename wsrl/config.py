@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -299,7 +299,7 @@ def load_preset(name: str) -> dict:
 class SweepConfig:
     """Run envs x methods x seeds as Ray tasks: `wsrl sweep SWEEP_FILE --out DIR` (docs/sweep.md)."""
 
-    file: tyro.conf.Positional[str] = ""
+    file: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SWEEP_FILE")] = ""
     """Sweep file (.toml; .yaml/.yml with PyYAML); may be left out when --envs and --methods are given."""
     out: str = ""
     """Root of the run tree: DIR/<env>/<method>/seed<k>, pretraining under DIR/<env>/_pretrain/."""
@@ -329,7 +329,7 @@ class SweepConfig:
 class ReportConfig:
     """Tables and figures of fine-tuning runs across envs, methods and seeds: `wsrl report DIR... --out REPORT/`."""
 
-    runs: tyro.conf.Positional[tuple[str, ...]]
+    runs: Annotated[tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="DIR")]
     """Sweep directories or run directories; searched for fine-tuning runs."""
     out: str = "report"
     """Output folder (report.md, CSV tables, PNG figures); a previous report there is replaced."""

@@ -94,7 +94,9 @@ def flags_from_table(table, where: str) -> Flags:
     for key, value in table.items():
         name = _check_flag(str(key), f"{where}.{key}")
         scalar = (int, float, str)
-        if isinstance(value, bool):
+        if isinstance(value, bool) and name.startswith("no-"):  # no-layer-norm = true is layer-norm = false
+            flags[name.removeprefix("no-")] = not value
+        elif isinstance(value, bool):
             flags[name] = value
         elif isinstance(value, scalar):
             flags[name] = [str(value)]
