@@ -49,7 +49,7 @@ recipe = "wsrl-no-warmup"
 
 [pretrain]
 steps = 20
-save-every = 10
+save-every = 20
 eval-every = 20
 batch-size = 32
 cql-n-actions = 2
@@ -61,7 +61,7 @@ log-every = 10
 
 [finetune]
 steps = 40
-save-every = 10
+save-every = 20  # one checkpoint half-way: the window in which the test kills the sweep
 eval-every = 40
 batch-size = 32
 utd = 2
