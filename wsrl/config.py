@@ -1,16 +1,14 @@
 """Every knob of wsrl as a typed dataclass field.
 
 The field docstrings are the ``--help`` text, the saved ``config.json`` is ``asdict`` of these
-classes, and the presets in ``configs/`` are partial dicts of the same fields. Precedence is
-dataclass default < domain/algorithm preset < command line.
+classes, and the recipes in ``configs/`` are partial dicts of the same fields (wsrl/recipes.py
+says in which order they apply).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Annotated, Any, Literal
 
 import tyro
@@ -19,7 +17,9 @@ from wsrl.errors import UserError
 
 Algo = Literal["cql", "calql", "iql"]
 OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
-
+RecipeName = Literal["wsrl", "wsrl-no-warmup", "wsrl-retain", "wsrl-append", "cql-finetune", "calql-finetune",
+                     "iql-finetune", "rlpd"]
+"""The named two-phase recipes in configs/ (tests/test_recipes.py checks this list against the files)."""
 
 @dataclass
 class NetConfig:
@@ -115,8 +115,6 @@ class RunConfig:
     """Seed of torch, numpy and the environments (evaluation env uses seed + 1000)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    preset: str = ""
-    """Preset in configs/ to start from; empty picks it from the env's domain."""
     reward_scale: float | None = None
     """Rewards are trained on as reward * reward_scale + reward_bias; None takes the env suite's (evaluation is unscaled)."""
     reward_bias: float | None = None
@@ -147,8 +145,15 @@ class PretrainConfig(RunConfig):
 
     dataset: str = ""
     """D4RL-schema HDF5 path, D4RL name (looked up in $D4RL_DATASET_DIR or ~/.d4rl/datasets), or minari:<id>."""
+    recipe: RecipeName = "wsrl"
+    """Named method, set per domain as the authors' release runs it (configs/<recipe>.json, docs/recipes.md):
+    wsrl (CQL/Cal-QL with a 10-critic ensemble, then warmup and SAC at UTD 4); wsrl-no-warmup, wsrl-retain
+    (half of every batch offline data), wsrl-append (offline data in the buffer), which fine-tune a wsrl
+    pretraining; the baselines cql-finetune, calql-finetune, iql-finetune (own pretraining: 2 critics, UTD 1,
+    no warmup; iql-finetune is the release's IQL model, not the ensemble IQL that wsrl --algo iql trains);
+    rlpd (no pretraining: `wsrl finetune --recipe rlpd --dataset D`). Saved in the checkpoint."""
     algo: Algo = "cql"
-    """Offline algorithm."""
+    """Offline algorithm; the recipe picks it per domain (--algo X keeps the recipe's networks with X's losses)."""
     steps: int = 250_000
     """Gradient steps of offline training."""
     batch_size: int = 256
@@ -171,8 +176,12 @@ class FinetuneConfig(RunConfig):
 
     checkpoint: str = ""
     """Pretraining run directory (or one of its checkpoints/step_* folders) to start from."""
+    recipe: RecipeName = "wsrl"
+    """Named method (see `wsrl pretrain --help`; docs/recipes.md): its online settings for the env's domain.
+    Default: the checkpoint's recipe. It must fine-tune the checkpoint's pretraining (wsrl-no-warmup,
+    wsrl-retain, wsrl-append fine-tune a wsrl one); --online-algo X alone takes X's baseline online settings."""
     from_scratch: bool = False
-    """No checkpoint: freshly initialised networks (SAC; with --offline-ratio 0.5 this is RLPD)."""
+    """No checkpoint: freshly initialised networks (SAC; with --offline-ratio 0.5 this is RLPD, --recipe rlpd)."""
     resume: str = ""
     """Fine-tuning run directory to continue from its newest complete checkpoint, replay buffer included."""
     online_algo: OnlineAlgo = "sac"
@@ -180,7 +189,10 @@ class FinetuneConfig(RunConfig):
     steps: int = 500_000
     """Online env steps in total, warmup included."""
     warmup_steps: int = 5_000
-    """Env steps with the frozen pretrained policy (sampled actions) before any update."""
+    """Env steps with the frozen pretrained policy (sampled actions) before any update. Updates also wait
+    until the buffer holds one batch of online rows, as in the release."""
+    warmup_actions: Literal["policy", "uniform"] | None = None
+    """Warmup actions from the policy (sampled) or uniform at random; None: uniform with --from-scratch, else policy."""
     utd: int = 4
     """Critic updates per env step; the batch is split into this many minibatches."""
     batch_size: int = 1024
@@ -195,6 +207,9 @@ class FinetuneConfig(RunConfig):
     """Fraction of every batch drawn from the offline data (0 = WSRL)."""
     offline_append: bool = False
     """Put the offline data into the replay buffer before online training."""
+    sample_finished_episodes: bool = False
+    """Sample only transitions of episodes that have ended (their Monte-Carlo returns are known), and wait
+    one time limit of steps before the first update: the release's online Cal-QL."""
     download: bool = False
     """Allow minari to download a dataset that is not on this machine."""
     net: NetConfig = field(default_factory=NetConfig)
@@ -244,7 +259,7 @@ class PlotConfig:
     labels: tuple[str, ...] = ()
     """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
     metric: str = "auto"
-    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
+    """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""
     """Figure title."""
 
@@ -270,6 +285,18 @@ def from_dict(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def upgrade_config(data: dict) -> dict:
+    """A config saved by an older wsrl (checkpoint format 1) in today's fields: the CQL-only
+    max-target switch became ``max_target_backup`` (used by SAC too), and runs before recipes were
+    WSRL's. The networks of format 1 are today's defaults for every new NetConfig field."""
+    data = {**data, "agent": dict(data.get("agent", {}))}
+    if "cql_max_target_backup" in data["agent"]:
+        data["agent"]["max_target_backup"] = data["agent"].pop("cql_max_target_backup")
+    data.pop("preset", None)
+    data.setdefault("recipe", "wsrl")
+    return data
+
+
 def merge(cfg: Any, overrides: dict, where: str) -> Any:
     """Return a copy of ``cfg`` with the fields in ``overrides`` (nested dicts for net/agent)."""
     data = to_dict(cfg)
@@ -279,20 +306,6 @@ def merge(cfg: Any, overrides: dict, where: str) -> Any:
         else:
             data[key] = value
     return from_dict(type(cfg), data, where)
-
-
-def preset_names() -> list[str]:
-    files = resources.files("wsrl.configs").iterdir()
-    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
-
-
-def load_preset(name: str) -> dict:
-    path = resources.files("wsrl.configs") / f"{name}.json"
-    if not path.is_file():
-        raise UserError(f"--preset: unknown preset '{name}' (known: {', '.join(preset_names())})")
-    data = json.loads(path.read_text())
-    data.pop("_comment", None)
-    return data
 
 
 @dataclass

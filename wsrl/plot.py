@@ -107,12 +107,13 @@ def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
 
 
 def _pick_metric(run_dirs: list[Path], metric: str) -> str:
+    """auto: the normalised score, else the success rate (adroit, kitchen), else the return."""
     if metric != "auto":
         return metric
-    for run in run_dirs:
-        path = run / "metrics.jsonl"
-        if path.is_file() and "eval/normalized_score" in path.read_text():
-            return "eval/normalized_score"
+    texts = [(run / "metrics.jsonl").read_text() for run in run_dirs if (run / "metrics.jsonl").is_file()]
+    for candidate in ("eval/normalized_score", "eval/success_rate"):
+        if any(candidate in text for text in texts):
+            return candidate
     return "eval/return"
 
 
@@ -167,6 +168,7 @@ def plot(cfg: PlotConfig) -> Path:
         ax.text(0, 1.01, " offline | online ", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("offline gradient steps (< 0)  |  online env steps (≥ 0)" if any_offline else "env steps")
     ax.set_ylabel({"eval/normalized_score": "normalised score (D4RL refs, ×100)",
+                   "eval/success_rate": "success rate (evaluation)",
                    "eval/return": "evaluation return"}.get(metric, metric))
     if cfg.title:
         ax.set_title(cfg.title, pad=14)
