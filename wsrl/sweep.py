@@ -256,7 +256,7 @@ def sweep(cfg: SweepConfig) -> int:
         for run in earlier:
             ledger.set(run.path, "finished", announce=False, earlier=True)
         if earlier:
-            ledger.announce(f"{len(earlier)} runs finished earlier")
+            ledger.announce(f"{len(earlier)} run{'s' if len(earlier) > 1 else ''} finished earlier")
         try:
             _run_all(ray, runs, root, cfg, limit, ledger)
         except KeyboardInterrupt:
