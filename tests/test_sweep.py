@@ -227,7 +227,11 @@ methods: {wsrl: {}, no-warmup: {recipe: wsrl-no-warmup, finetune: {utd: 2}}, bc:
                    finetune_flags="--steps 9 --no-cuda-graph")
     assert sorted(narrow) == ["pend/_pretrain/wsrl/seed0", "pend/_pretrain/wsrl/seed1", "pend/no-warmup/seed0",
                               "pend/no-warmup/seed1", "pend/wsrl-retain/seed0", "pend/wsrl-retain/seed1"]
-    assert narrow["pend/wsrl-retain/seed1"].args[-5:] == ("--steps", "9", "--no-cuda-graph", "--eval-every", "7")
+    assert narrow["pend/wsrl-retain/seed1"].args[-7:] == ("--dataset", data, "--steps", "9", "--no-cuda-graph",
+                                                          "--eval-every", "7")  # retention reads the offline data
+    assert "--dataset" not in narrow["pend/no-warmup/seed1"].args
+    d4rl = _plan(tmp_path, 'seeds = [0]\nenvs = ["hopper-medium-v2"]\nmethods = ["wsrl-append"]\n')  # its own dataset
+    assert all(run.args[7:9] == ("--dataset", "hopper-medium-v2") for run in d4rl.values()), d4rl
 
 
 ENV = '[envs.pend]\nenv = "Pendulum-v1"\n'

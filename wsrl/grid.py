@@ -28,7 +28,8 @@ from pathlib import Path
 
 from wsrl.config import FinetuneConfig, PretrainConfig, SweepConfig
 from wsrl.errors import UserError
-from wsrl.recipes import pretrain_as, recipe_names
+from wsrl.envs import resolve_env
+from wsrl.recipes import finetune_settings, pretrain_as, recipe_names
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -202,7 +203,7 @@ def parse_envs(section, base: Path, where: str) -> dict[str, Env]:
 
 def _check_env(env: Env, where: str) -> None:
     """Build the env once, so a misspelt id fails here and not in every run."""
-    from wsrl.envs import make_env, resolve_env
+    from wsrl.envs import make_env
 
     try:
         with warnings.catch_warnings():
@@ -319,12 +320,23 @@ def _digest(flags: Flags) -> str:
     return hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def uses_offline_data(recipe: str, env: str, flags: Flags) -> bool:
+    """A fine-tuning run needs --dataset when its recipe or its flags keep offline data in its
+    batches or its buffer (retention, RLPD); the others are not given it, so they never load it."""
+    settings = finetune_settings(recipe, resolve_env(env).domain, with_networks=False)
+    ratio = flags.get("offline-ratio", [settings.get("offline_ratio", 0.0)])
+    append = flags.get("offline-append", settings.get("offline_append", False))
+    return float(ratio[0]) > 0 or append is True
+
+
 def plan_runs(sweep: Sweep) -> list[Run]:
     """Every run of the grid, pretraining runs first, each pretraining run once."""
     pretrains: dict[str, Run] = {}
     finetunes: list[Run] = []
     for env in sweep.envs.values():
-        data = ["--dataset", env.dataset] if env.dataset else []
+        # A D4RL name is its own dataset (the file in the d4rl cache).
+        dataset = env.dataset or (env.env if resolve_env(env.env).d4rl_name else "")
+        data = ["--dataset", dataset] if dataset else []
         for seed in sweep.seeds:
             for method in sweep.methods.values():
                 common = ["--env", env.env, "--seed", str(seed)]
@@ -334,9 +346,8 @@ def plan_runs(sweep: Sweep) -> list[Run]:
                     after = f"{env.name}/_pretrain/{base}{'-' + _digest(method.pretrain) if method.pretrain else ''}/seed{seed}"
                     flags = {**sweep.pretrain, **env.pretrain, **method.pretrain}
                     pretrains.setdefault(after, Run(after, "pretrain", ("pretrain", "--recipe", base, *common, *data, *flag_args(flags))))
-                # Without a pretraining run (RLPD) the dataset is the method's offline data.
-                ft_data = data if base is None else []
                 flags = {**sweep.finetune, **env.finetune, **method.finetune}
+                ft_data = data if uses_offline_data(method.recipe, env.env, flags) else []
                 finetunes.append(Run(f"{env.name}/{method.name}/seed{seed}", "finetune",
                                      ("finetune", "--recipe", method.recipe, *common, *ft_data, *flag_args(flags)), after))
     return [*pretrains.values(), *finetunes]
