@@ -92,6 +92,7 @@ def _bad_inputs(tmp, hopper_file, pretrained):
         "observations have size 11, the env's have 17": ["pretrain", "--env", "HalfCheetah-v5", "--dataset", hopper_file, *base],
         "trained on Hopper-v5": [*ft, "--env", "HalfCheetah-v5", *base],
         "does not fit the checkpoint": [*ft, "--ensemble-size", 5, "--steps", 10, "--device", "cpu"],
+        "--release-exact True: does not fit the checkpoint": [*ft, "--release-exact", "--steps", 10, "--device", "cpu"],
         "cannot make 'NoSuchEnv-v0'": ["pretrain", "--env", "NoSuchEnv-v0", "--dataset", hopper_file, *base],
         "needs a continuous Box": ["pretrain", "--env", "CartPole-v1", "--dataset", hopper_file, *base],
         "unknown value 'dqn'": [*pre, "--algo", "dqn", "--dataset", hopper_file, *base],
