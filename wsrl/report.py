@@ -262,11 +262,16 @@ def report(cfg: ReportConfig) -> Path:
     return out / "report.md"
 
 
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
+
+
 def _markdown(results, score, table, common, overall, unfinished, cfg: ReportConfig) -> str:
     envs = sorted({r.env for r in results})
     lines = [
         "# wsrl report", "",
-        f"{len(results)} finished fine-tuning runs under {', '.join(cfg.runs)}: {len(envs)} envs × {len({r.method for r in results})} methods. "
+        f"{_count(len(results), 'finished fine-tuning run')} under {', '.join(cfg.runs)}: {_count(len(envs), 'env')} × "
+        f"{_count(len({r.method for r in results}), 'method')}. "
         "Metrics as defined in `wsrl/metrics.py` (DESIGN.md §7): **hand-over** = evaluation at online step 0; "
         "**dip** = hand-over minus the lowest evaluation in the 10k online steps after the warmup; **final** = mean "
         "evaluation over the last 10k online steps (the last half of shorter runs); **AUC** = mean evaluation over the "
@@ -279,7 +284,7 @@ def _markdown(results, score, table, common, overall, unfinished, cfg: ReportCon
                      + " | ".join(_mean_std_text(*values[k]) for k in METRICS) + " |")
     lines += ["", "## Across envs: final score", ""]
     if common:
-        lines += [f"Normalised final scores on {len(common)} envs ({', '.join(common)}). IQM: mean of the middle 50% of "
+        lines += [f"Normalised final scores on {_count(len(common), 'env')} ({', '.join(common)}). IQM: mean of the middle 50% of "
                   "all runs; median and mean: of the per-env means; optimality gap: mean shortfall below 100. "
                   f"95% stratified bootstrap intervals (runs resampled within each env, percentile method, "
                   f"{cfg.resamples} resamples, seed {cfg.seed}); none where an env has a single run.", "",
