@@ -171,7 +171,7 @@ def _curves_figure(results: list[RunResult], score: dict[str, str], envs: list[s
     plt = pyplot("report")
     cols = min(3, len(envs))
     rows = -(-len(envs) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.4, 4.6 * cols), 3.6 * rows), dpi=120, squeeze=False)
     for ax, env in zip(axes.flat, envs):
         for method in methods:
             runs = [r for r in results if r.env == env and r.method == method]
@@ -190,7 +190,7 @@ def _curves_figure(results: list[RunResult], score: dict[str, str], envs: list[s
         ax.legend(fontsize=7)
     for ax in axes.flat[len(envs):]:
         ax.set_visible(False)
-    fig.suptitle("evaluation during fine-tuning: mean over seeds, 95% bootstrap CI", fontsize=10)
+    fig.suptitle("evaluations during fine-tuning: mean over seeds, 95% bootstrap CI", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
