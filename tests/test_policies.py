@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -100,3 +101,20 @@ def test_export_bad_input(pretrained, tmp_path, capsys):
     assert run_wsrl("export", tmp_path / "nothing", "--out", tmp_path / "n.onnx") == 2
     assert "not a shipped policy" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.pt2"]
+
+
+def test_the_shipped_cql_checkpoint_loads_for_fine_tuning(tmp_path):
+    from wsrl.checkpoint import load_checkpoint
+    from wsrl.cli import parse_finetune
+
+    folder = resources.files("wsrl") / "pretrained" / "hopper-medium-cql"
+    record = json.loads((folder / "pretrained.json").read_text())
+    assert {"command", "wsrl_commit", "dataset", "behaviour_normalized_score", "measured"} <= set(record)
+    size = sum(p.stat().st_size for p in Path(str(folder)).rglob("*") if p.is_file())
+    assert size < 3_000_000
+    meta, weights, _ = load_checkpoint(str(folder))
+    assert meta["kind"] == "pretrain" and meta["algo"] == "cql" and meta["env_id"] == "Hopper-v5"
+    assert meta["step"] == record["measured"]["step"]
+    cfg = parse_finetune(["--checkpoint", str(folder), "--out", str(tmp_path / "run")])
+    assert cfg.env == "Hopper-v5" and cfg.net.critic_hidden == (128, 128) and cfg.net.ensemble_size == 4
+    assert (folder / "metrics.jsonl").is_file()  # the offline curve `wsrl plot` puts before the online one
