@@ -66,11 +66,11 @@ def pendulum_policy(tmp_path):
     from safetensors.torch import save_file
 
     from wsrl.config import NetConfig
-    from wsrl.nets import TanhGaussianActor
+    from wsrl.nets import Actor
 
     folder = tmp_path / "pendulum"
     folder.mkdir()
-    actor = TanhGaussianActor(4, 1, NetConfig(actor_hidden=(8,)))
+    actor = Actor(4, 1, NetConfig(actor_hidden=(8,)))
     save_file(actor.state_dict(), folder / "actor.safetensors")
     info = {"env_id": "InvertedPendulum-v5", "obs_dim": 4, "act_dim": 1, "net": {"actor_hidden": [8]}}
     (folder / "policy.json").write_text(json.dumps(info))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from wsrl.agents import CQL, SAC
 from wsrl.config import AgentConfig, FinetuneConfig, NetConfig
 from wsrl.fast import StaticUpdate, configure_cpu, make_update
-from wsrl.nets import ActorCritic, EnsembleLayerNorm, EnsembleLinear
+from wsrl.nets import LAYER_NORM_EPS, ActorCritic, EnsembleLayerNorm, EnsembleLinear
 
 OBS, ACT = 5, 3
 NET = NetConfig(critic_hidden=(16, 16), actor_hidden=(16, 16), ensemble_size=4, subsample_size=2)
@@ -41,7 +41,7 @@ def plain_member_q(critic, obs, act, e: int) -> torch.Tensor:
         if isinstance(layer, EnsembleLinear):
             x = F.linear(x, layer.weight[e].T, layer.bias[e, 0])
         elif isinstance(layer, EnsembleLayerNorm):
-            x = F.layer_norm(x, x.shape[-1:], layer.weight[e, 0], layer.bias[e, 0])
+            x = F.layer_norm(x, x.shape[-1:], layer.weight[e, 0], layer.bias[e, 0], eps=LAYER_NORM_EPS)
         else:
             x = torch.relu(x)
     head = critic.mlp.head
@@ -71,7 +71,9 @@ def test_stacked_critic_gradients_match_per_member_loop():
     plain = torch.autograd.grad(sum(plain_member_q(model.critic, obs, act, e).square().sum() for e in range(4)),
                                 [act, *model.critic.parameters()])
     for a, b in zip(fast, plain):
-        torch.testing.assert_close(a, b)
+        # The last hidden layer's activations are ~1e-2 (its init scale), so its LayerNorm
+        # gradients are ~100x the inputs': float32 rounding reaches ~1e-5 there.
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_fused_adam_matches_default_adam():

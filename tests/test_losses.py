@@ -21,7 +21,7 @@ def test_td_target_masks_only_terminals():
 def test_temperature_loss_sign():
     # Entropy -log pi = 0.5 is below the target 1.0: the loss must push log_alpha up (negative gradient).
     log_alpha = torch.tensor(math.log(2.0), requires_grad=True)
-    loss = temperature_loss(log_alpha, torch.tensor([-0.5, -0.5]), target_entropy=1.0)
+    loss = temperature_loss(log_alpha.exp(), torch.tensor([-0.5, -0.5]), target_entropy=1.0)
     assert loss.item() == pytest.approx(2.0 * (0.5 - 1.0))
     loss.backward()
     assert log_alpha.grad.item() < 0
@@ -44,21 +44,23 @@ def test_cql_penalty_without_importance_sampling_includes_data_q():
     q_rand, q_pi, q_next = torch.tensor([[[0.5], [1.0]]]), torch.tensor([[[2.0], [0.0]]]), torch.tensor([[[1.0], [3.0]]])
     lp = torch.zeros(2, 1)
     got = cql_penalty(q_data, q_rand, q_pi, q_next, lp, lp, act_dim=2, importance_sample=False, temperature=2.0)
-    s0 = 2.0 * math.log(sum(math.exp(v / 2.0) for v in (0.5, 1.0, 1.0, 2.0))) - 1.0
-    s1 = 2.0 * math.log(sum(math.exp(v / 2.0) for v in (1.0, 2.0, 3.0, 0.0))) - 2.0
+    # A log-mean-exp over the 3n + 1 = 4 samples (the release subtracts log 4 inside).
+    s0 = 2.0 * math.log(sum(math.exp(v / 2.0) for v in (0.5, 1.0, 1.0, 2.0)) / 4) - 1.0
+    s1 = 2.0 * math.log(sum(math.exp(v / 2.0) for v in (1.0, 2.0, 3.0, 0.0)) / 4) - 2.0
     assert got[0].tolist() == pytest.approx([s0, s1], abs=1e-5)
 
 
 def test_calql_bounds_policy_q_by_mc_return():
     model = ActorCritic(3, 2, NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=2), 1.0, 1.0)
-    agent = CalQL(model, AgentConfig(), NetConfig(ensemble_size=2))
-    q_pi = torch.tensor([[[0.0, 5.0], [1.0, -3.0]]])  # E=1, B=2, n=2
+    agent = CalQL(model, AgentConfig(cql_n_actions=2), NetConfig(ensemble_size=2))
+    q_random = torch.tensor([[[-9.0, -9.0], [-9.0, -9.0]]])  # E=1, B=2, n=2: never bounded
+    q_pi = torch.tensor([[[0.0, 5.0], [1.0, -3.0]]])
     q_next = torch.tensor([[[-1.0, 2.0], [4.0, 0.0]]])
     mc = {"mc_returns": torch.tensor([1.0, -2.0])}
-    bounded_pi, bounded_next, metrics = agent.bound_policy_q(q_pi, q_next, mc)
-    assert bounded_pi.tolist() == [[[1.0, 5.0], [1.0, -2.0]]]
-    assert bounded_next.tolist() == [[[1.0, 2.0], [4.0, 0.0]]]
-    assert metrics["calql/bound_rate"].item() == pytest.approx(2 / 4)
+    bounded, metrics = agent.bound_policy_q(torch.cat([q_random, q_pi, q_next], -1), mc)
+    assert bounded.tolist() == [[[-9.0, -9.0, 1.0, 5.0, 1.0, 2.0], [-9.0, -9.0, 1.0, -2.0, 4.0, 0.0]]]
+    # 3 of the 12 sampled Q-values were below their bound (the release counts all 3n actions).
+    assert metrics["calql/bound_rate"].item() == pytest.approx(3 / 12)
 
 
 def test_expectile_loss_by_hand():
@@ -120,14 +122,14 @@ def test_actor_step_leaves_critic_gradients_untouched():
 def test_bc_warm_start_clones_data_actions_and_trains_the_critic():
     # The data always takes action (0.6, -0.4): BC steps must move the actor's mean action there
     # (a sign error would push it to the bounds), while the critic keeps taking TD steps.
-    agent, model = _sac(actor_lr=1e-2)  # fast, so 200 steps suffice
+    agent, model = _sac(actor_lr=1e-2)  # fast, so 400 steps suffice
     torch.manual_seed(0)
     obs = torch.randn(1, 64, 3)
     data_action = torch.tensor([0.6, -0.4])
     batch = {"observations": obs, "actions": data_action.expand(1, 64, 2), "rewards": torch.ones(1, 64),
              "next_observations": obs, "masks": torch.ones(1, 64)}
     critic_before = [p.detach().clone() for p in model.critic.parameters()]
-    for _ in range(200):
+    for _ in range(400):
         agent.update(batch, behavior_cloning=True)
     mean_action = torch.tanh(model.actor(obs[0])[0])
     assert (mean_action - data_action).abs().max().item() < 0.1
@@ -141,3 +143,82 @@ def test_bc_actor_loss_by_hand():
     loss, log_prob, _ = agent.bc_actor_loss({"observations": obs, "actions": actions})
     expected = (0.5 * log_prob - model.actor.log_prob(obs, actions)).mean()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+class _FixedQ(torch.nn.Module):
+    """A target critic whose Q-values are given: [members, batch, sampled actions]."""
+
+    def __init__(self, q: torch.Tensor):
+        super().__init__()
+        self.q = q
+
+    def forward(self, obs, actions, members=None):
+        return self.q if members is None else self.q[members]
+
+
+def test_max_target_backup_takes_min_over_critics_then_max_over_actions():
+    # Two critics disagree on two sampled next actions: critic 0 likes action 0, critic 1 action 1.
+    # min-then-max = max(min(5, 0), min(0, 5)) = 0; the max-then-min order would give 5.
+    agent, model = _sac(ensemble=2, subsample=2)
+    agent.cfg = AgentConfig(discount=0.5, max_target_backup=True, cql_n_actions=2)
+    model.target_critic = _FixedQ(torch.tensor([[[5.0, 0.0]], [[0.0, 5.0]]]))
+    batch = {"rewards": torch.tensor([1.0]), "masks": torch.tensor([1.0]), "next_observations": torch.zeros(1, 3)}
+    assert agent.critic_target(batch).item() == pytest.approx(1.0 + 0.5 * 0.0)
+    model.target_critic = _FixedQ(torch.tensor([[[5.0, 1.0]], [[4.0, 3.0]]]))  # mins 4, 1 -> max 4
+    assert agent.critic_target(batch).item() == pytest.approx(1.0 + 0.5 * 4.0)
+
+
+def _exact_sac(utd_batch=4):
+    net = NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=4, subsample_size=2, release_exact=True)
+    model = ActorCritic(3, 2, net, init_temperature=0.5, init_cql_alpha=1.0)
+    torch.manual_seed(0)
+    batch = {"observations": torch.randn(utd_batch, 6, 3), "actions": torch.rand(utd_batch, 6, 2) * 2 - 1,
+             "rewards": torch.randn(utd_batch, 6), "next_observations": torch.randn(utd_batch, 6, 3),
+             "masks": torch.ones(utd_batch, 6)}
+    return SAC(model, AgentConfig(), net), model, batch
+
+
+def test_release_exact_zero_gradient_steps_move_the_actor_by_adam_momentum():
+    agent, model, batch = _exact_sac()
+    agent.update(batch)  # 4 critic-only calls, then one actor/temperature call
+    for name in ("actor", "critic", "temperature"):
+        states = agent.optimizers[name].state.values()
+        assert all(int(st["step"]) == 5 for st in states), name  # every optimizer stepped on every call
+    opt = agent.optimizers["actor"]
+    lr, (b1, b2), eps = opt.defaults["lr"], opt.defaults["betas"], opt.defaults["eps"]
+    before = {p: (p.detach().clone(), opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone(),
+                  int(opt.state[p]["step"])) for p in model.actor.parameters()}
+    agent.release_step({k: v[0] for k, v in batch.items()}, frozenset({"critic"}))  # actor: zero gradient
+    for p, (p0, m, v, t) in before.items():
+        m, v, t = b1 * m, b2 * v, t + 1
+        expected = p0 - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-8)
+        assert not torch.equal(p.detach(), p0)  # momentum alone moved it
+
+
+def test_release_exact_actor_follows_the_critic_before_its_update():
+    # One UTD-1 call: the actor's first Adam step is -lr * sign(grad), with the gradient taken at the
+    # parameters *before* the critic step of the same call.
+    agent, model, batch = _exact_sac(utd_batch=1)
+    mb = {k: v[0] for k, v in batch.items()}
+    before = [p.detach().clone() for p in model.actor.parameters()]
+    torch.manual_seed(5)
+    agent.critic_losses(mb)  # consume the same draws as the update does before its actor loss
+    loss, _, _ = agent.actor_loss(mb)
+    grads = torch.autograd.grad(loss, list(model.actor.parameters()), allow_unused=True)
+    torch.manual_seed(5)
+    agent.update(batch)
+    lr = agent.optimizers["actor"].defaults["lr"]
+    for p, p0, g in zip(model.actor.parameters(), before, grads):
+        if g is not None:
+            moved = (p.detach() - p0)[g.abs() > 1e-6]
+            torch.testing.assert_close(moved, -lr * g.sign()[g.abs() > 1e-6], rtol=1e-3, atol=1e-9)
+
+
+def test_release_exact_draws_target_critics_with_replacement():
+    agent, _, _ = _exact_sac()
+    torch.manual_seed(0)
+    draws = [tuple(agent.target_members(torch.device("cpu")).tolist()) for _ in range(200)]
+    assert any(a == b for a, b in draws)  # the same critic twice: randint, as the release
+    default, _ = _sac()
+    assert all(a != b for a, b in (default.target_members(torch.device("cpu")).tolist() for _ in range(200)))

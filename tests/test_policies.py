@@ -51,7 +51,8 @@ def test_onnx_export_acts_like_the_actor(pretrained, tmp_path, observations):
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["wsrl"])
     assert (meta["obs_dim"], meta["act_dim"], meta["env_id"], meta["env"]) == (11, 3, "Hopper-v5", "Hopper-v5")
     assert meta["action_scaling"]["low"] == [-1.0] * 3 and meta["action_scaling"]["high"] == [1.0] * 3
-    assert meta["obs_keys"] is None and meta["actor_kind"] == "TanhGaussianActor" and meta["source"]["step"] == 60
+    assert meta["obs_keys"] is None and meta["source"]["step"] == 60
+    assert meta["actor_kind"] == "tanh-squashed Gaussian, state-dependent std"
 
 
 def test_pt2_export_acts_like_the_actor_without_wsrl(pretrained, tmp_path, observations):
@@ -85,7 +86,7 @@ def test_export_metadata_records_the_dict_observation_order_and_action_bounds():
 
     gym.register("WsrlTestDictObs-v0", entry_point=DictObs)
     policy = TrainedPolicy("WsrlTestDictObs-v0", "WsrlTestDictObs-v0", 6, 1, {}, {}, {}, {})
-    meta = export_metadata(policy, torch.nn.Identity())
+    meta = export_metadata(policy)
     assert meta["obs_keys"] == [["desired_goal", 2], ["observation", 4]]  # sorted, as wsrl.envs.flatten_obs
     assert meta["action_scaling"]["low"] == [-2.0] and meta["action_scaling"]["high"] == [3.0]
 
@@ -118,3 +119,31 @@ def test_the_shipped_cql_checkpoint_loads_for_fine_tuning(tmp_path):
     cfg = parse_finetune(["--checkpoint", str(folder), "--out", str(tmp_path / "run")])
     assert cfg.env == "Hopper-v5" and cfg.net.critic_hidden == (128, 128) and cfg.net.ensemble_size == 4
     assert (folder / "metrics.jsonl").is_file()  # the offline curve `wsrl plot` puts before the online one
+
+
+def test_export_follows_the_actor_variant(tmp_path, observations):
+    """A plain Gaussian with a state-independent std (the release's IQL actor) exports its own
+    deterministic action: the clipped mean, not a tanh."""
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX export is checked with the 'export' extra")
+    from safetensors.torch import save_file
+
+    from wsrl.config import NetConfig
+    from wsrl.nets import Actor
+    from wsrl.policies import export_policy
+
+    net = {"actor_hidden": [16], "actor_tanh": False, "actor_std": "uniform"}
+    actor = Actor(11, 3, NetConfig(actor_hidden=(16,), actor_tanh=False, actor_std="uniform", actor_final_scale=None))
+    folder = tmp_path / "iql-like"
+    folder.mkdir()
+    save_file(actor.state_dict(), folder / "actor.safetensors")
+    (folder / "policy.json").write_text(json.dumps({"env_id": "Hopper-v5", "obs_dim": 11, "act_dim": 3, "net": net}))
+    expected = _actions(actor.eval(), observations)
+    assert np.abs(expected).max() == 1.0  # some actions clipped: a tanh would never reach 1
+    _, meta = export_policy(str(folder), tmp_path / "p.onnx", "onnx")
+    assert meta["actor_kind"] == "Gaussian, actions clipped to [-1, 1], state-independent std"
+    onnx_actions = ort.InferenceSession(str(tmp_path / "p.onnx")).run(None, {"observations": observations})[0]
+    np.testing.assert_allclose(onnx_actions, expected, atol=1e-5, rtol=0)
+    export_policy(str(folder), tmp_path / "p.pt2", "pt2")
+    with torch.no_grad():
+        pt2_actions = torch.export.load(str(tmp_path / "p.pt2")).module()(torch.from_numpy(observations)).numpy()
+    np.testing.assert_allclose(pt2_actions, expected, atol=1e-5, rtol=0)

@@ -29,7 +29,7 @@ class NetConfig:
     critic_hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of each critic (and of the IQL value net)."""
     actor_hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of the tanh-Gaussian actor."""
+    """Hidden layer widths of the Gaussian actor."""
     ensemble_size: int = 10
     """Number of critics in the ensemble, stored as stacked weights."""
     subsample_size: int = 2
@@ -39,7 +39,21 @@ class NetConfig:
     shared_critic_head: bool = False
     """One output layer shared by all critics (the authors' JAX release); default per-member heads."""
     actor_dropout: float = 0.0
-    """Dropout rate in the actor's hidden layers (IQL on kitchen/adroit)."""
+    """Dropout rate in the actor's hidden layers while training (IQL on kitchen/adroit); off when acting."""
+    actor_std: Literal["state", "uniform"] = "state"
+    """state: the actor outputs its log-std; uniform: one learned log-std per action dimension (the release's AntMaze and IQL)."""
+    actor_tanh: bool = True
+    """tanh-squashed Gaussian; False: a plain Gaussian whose actions are clipped to [-1, 1] (the release's IQL)."""
+    init: Literal["orthogonal", "var_scaling"] = "orthogonal"
+    """Initialiser of the hidden layers (orthogonal gain sqrt(2), or Glorot-uniform as the release's IQL); heads are orthogonal sqrt(2)."""
+    actor_final_scale: float | None = 0.01
+    """Init scale of the actor's last hidden layer (the release's kernel_scale_final); None = like the others."""
+    critic_final_scale: float | None = 0.01
+    """Init scale of the critics' (and IQL value net's) last hidden layer; None = like the others (the release on kitchen and for IQL)."""
+    release_exact: bool = False
+    """Reproduce the authors' release's update quirks (docs/release.md): zero-gradient optimizer steps,
+    all losses from the same parameters, a shared critic head, softplus multipliers, draws with replacement.
+    Chosen at pretraining; fine-tuning must match."""
 
 
 @dataclass
@@ -65,7 +79,7 @@ class AgentConfig:
     backup_entropy: bool = False
     """Subtract alpha * log pi(a'|s') in the TD target."""
     cql_n_actions: int = 10
-    """Sampled actions per state, from each of uniform, pi(s) and pi(s')."""
+    """Sampled actions per state, from each of uniform, pi(s) and pi(s') (and the next actions of the max-target backup)."""
     cql_alpha: float = 5.0
     """Weight of the conservative penalty (initial value when Lagrange-tuned)."""
     cql_lagrange: bool = False
@@ -76,8 +90,8 @@ class AgentConfig:
     """Adam learning rate of the Lagrange-tuned CQL alpha."""
     cql_importance_sample: bool = True
     """Importance-weight the sampled actions by their proposal densities."""
-    cql_max_target_backup: bool = True
-    """TD target uses the max over cql_n_actions sampled next actions."""
+    max_target_backup: bool = True
+    """TD target: for each of cql_n_actions sampled next actions the min over the chosen target critics, then the max over actions."""
     cql_temperature: float = 1.0
     """Temperature of the logsumexp in the CQL penalty."""
     sparse_reward: bool | None = None

@@ -1,4 +1,4 @@
-"""Networks: a stacked-weight MLP ensemble, the critic built on it, the tanh-Gaussian actor,
+"""Networks: a stacked-weight MLP ensemble, the critic built on it, the Gaussian actor,
 the IQL value net, and the ``ActorCritic`` model every algorithm trains.
 
 Every MLP here is an ensemble with weights stored as ``[E, in, out]`` and evaluated with one
@@ -19,16 +19,20 @@ from wsrl.config import NetConfig
 LOG_STD_MIN, LOG_STD_MAX = math.log(1e-5), math.log(10.0)
 ACTION_CLIP = 1.0 - 1e-5
 """Dataset actions of exactly +-1 have infinite atanh; they are clipped here before log-probs."""
+LAYER_NORM_EPS = 1e-6
+"""flax's default, which the release uses: with the last hidden layer initialised at scale 1e-2
+its activations have a variance near 1e-4, where torch's 1e-5 would change the normalisation."""
 
 
 class EnsembleLinear(nn.Module):
-    def __init__(self, ensemble_size: int, in_features: int, out_features: int, gain: float):
+    def __init__(self, ensemble_size: int, in_features: int, out_features: int, init: str = "orthogonal",
+                 scale: float | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
         self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, out_features))
         for member in self.weight.data:
-            # orthogonal_ works on [out, in]; initialise that view of each member.
-            nn.init.orthogonal_(member.T, gain=gain)
+            # The initialisers work on [out, in]; initialise that view of each member.
+            init_weight_(member.T, init, scale)
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, in] (shared by all members) or [E, B, in] -> [E, B, out]. ``members`` (indices)
@@ -44,6 +48,20 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(bias, x, weight)
 
 
+def init_weight_(weight: torch.Tensor, init: str, scale: float | None = None) -> None:
+    """The authors' release's two initialisers, with its meaning of ``scale`` (None: its default).
+
+    orthogonal: gain ``scale`` (default sqrt(2)); var_scaling: flax's
+    variance_scaling(scale, "fan_avg", "uniform"), i.e. Glorot-uniform with gain sqrt(scale).
+    """
+    if init == "orthogonal":
+        nn.init.orthogonal_(weight, gain=math.sqrt(2) if scale is None else scale)
+    elif init == "var_scaling":
+        nn.init.xavier_uniform_(weight, gain=math.sqrt(1.0 if scale is None else scale))
+    else:
+        raise ValueError(f"unknown init '{init}'")
+
+
 class EnsembleLayerNorm(nn.Module):
     def __init__(self, ensemble_size: int, features: int):
         super().__init__()
@@ -53,24 +71,29 @@ class EnsembleLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
         # One fused multiply-add for the per-member affine, instead of a mul and an add pass.
-        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:]), weight)
+        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS), weight)
 
 
 class EnsembleMLP(nn.Module):
     """E independent MLPs (Dense -> [LayerNorm] -> ReLU [-> Dropout])... -> Dense, stacked.
 
-    ``shared_head`` makes the output layer one Dense shared by all members, as the authors'
-    JAX release does for its critic; per-member heads (REDQ, RLPD) are the default.
+    Initialised as the authors' release does: every hidden Dense by ``init``, the last hidden
+    Dense with ``final_hidden_scale`` instead when given (1e-2 keeps the initial outputs near
+    zero), the output Dense orthogonal with gain sqrt(2). ``shared_head`` makes the output layer
+    one Dense shared by all members, as the release does for its critic; per-member heads (REDQ,
+    RLPD) are the default.
     """
 
     def __init__(self, ensemble_size: int, in_dim: int, hidden: tuple[int, ...], out_dim: int,
-                 layer_norm: bool, out_gain: float = 1.0, shared_head: bool = False, dropout: float = 0.0):
+                 layer_norm: bool, init: str = "orthogonal", final_hidden_scale: float | None = None,
+                 shared_head: bool = False, dropout: float = 0.0):
         super().__init__()
         self.ensemble_size = ensemble_size
         layers: list[nn.Module] = []
         width = in_dim
-        for h in hidden:
-            layers.append(EnsembleLinear(ensemble_size, width, h, gain=math.sqrt(2)))
+        for i, h in enumerate(hidden):
+            last = i == len(hidden) - 1
+            layers.append(EnsembleLinear(ensemble_size, width, h, init, final_hidden_scale if last else None))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(ensemble_size, h))
             layers.append(nn.ReLU())
@@ -78,7 +101,7 @@ class EnsembleMLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = h
         self.hidden = nn.Sequential(*layers)
-        self.head = EnsembleLinear(1 if shared_head else ensemble_size, width, out_dim, gain=out_gain)
+        self.head = EnsembleLinear(1 if shared_head else ensemble_size, width, out_dim, "orthogonal")
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """[B, in] or [E, B, in] -> [E, B, out] (or [len(members), B, out])."""
@@ -100,8 +123,9 @@ class Critic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, net: NetConfig):
         super().__init__()
         self.ensemble_size = net.ensemble_size
-        self.mlp = EnsembleMLP(net.ensemble_size, obs_dim + act_dim, net.critic_hidden, 1,
-                               net.layer_norm, shared_head=net.shared_critic_head)
+        self.mlp = EnsembleMLP(net.ensemble_size, obs_dim + act_dim, net.critic_hidden, 1, net.layer_norm,
+                               net.init, net.critic_final_scale,
+                               shared_head=net.shared_critic_head or net.release_exact)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """Q of every member, [E, ...batch]; with ``members``, only those, [len(members), ...batch]."""
@@ -114,47 +138,57 @@ class Critic(nn.Module):
 class ValueNet(nn.Module):
     def __init__(self, obs_dim: int, net: NetConfig):
         super().__init__()
-        self.mlp = EnsembleMLP(1, obs_dim, net.critic_hidden, 1, net.layer_norm)
+        self.mlp = EnsembleMLP(1, obs_dim, net.critic_hidden, 1, net.layer_norm, net.init, net.critic_final_scale)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.mlp(obs)[0, :, 0]
 
 
-class TanhGaussianActor(nn.Module):
-    """a = tanh(u), u ~ N(mean(s), std(s)); std clipped to [1e-5, 10]."""
+class Actor(nn.Module):
+    """Gaussian policy N(mean(s), std), tanh-squashed by default: a = tanh(u).
+
+    The std is an output of the network (``actor_std="state"``) or one learned value per action
+    dimension (``"uniform"``, the release's AntMaze and IQL policies); it is clipped to [1e-5, 10].
+    Without squashing (the release's IQL) log-probabilities are of the raw Gaussian and acting
+    clips the action to [-1, 1].
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, net: NetConfig):
         super().__init__()
-        self.act_dim = act_dim
-        # A small output layer (gain 1e-2) starts the policy near mean 0, std 1, as in the
-        # authors' release; it keeps early tanh outputs away from saturation.
-        self.mlp = EnsembleMLP(1, obs_dim, net.actor_hidden, 2 * act_dim, net.layer_norm,
-                               out_gain=1e-2, dropout=net.actor_dropout)
+        self.act_dim, self.squash = act_dim, net.actor_tanh
+        state_std = net.actor_std == "state"
+        self.mlp = EnsembleMLP(1, obs_dim, net.actor_hidden, (2 if state_std else 1) * act_dim, net.layer_norm,
+                               net.init, net.actor_final_scale, dropout=net.actor_dropout)
+        self.log_std = None if state_std else nn.Parameter(torch.zeros(act_dim))
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.mlp(obs.reshape(-1, obs.shape[-1]))[0].reshape(*obs.shape[:-1], 2 * self.act_dim)
-        mean, log_std = out.chunk(2, dim=-1)
+        out = self.mlp(obs.reshape(-1, obs.shape[-1]))[0].reshape(*obs.shape[:-1], -1)
+        if self.log_std is None:
+            mean, log_std = out.chunk(2, dim=-1)
+        else:
+            mean, log_std = out, self.log_std.expand_as(out)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-probability under the squashed distribution."""
+        """Reparameterised action and its log-probability (under the squashed distribution)."""
         mean, log_std = self(obs)
         eps = torch.randn_like(mean)
         u = mean + log_std.exp() * eps
         log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        if not self.squash:
+            return u, log_prob
         return torch.tanh(u), log_prob - _tanh_log_det(u)
 
     def act(self, obs: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        if deterministic:
-            return torch.tanh(self(obs)[0])
-        return self.sample(obs)[0]
+        action = self(obs)[0] if deterministic else self.sample(obs)[0]
+        return torch.tanh(action) if self.squash and deterministic else action.clamp(-1.0, 1.0)
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(obs)
-        u = torch.atanh(action.clamp(-ACTION_CLIP, ACTION_CLIP))
+        u = torch.atanh(action.clamp(-ACTION_CLIP, ACTION_CLIP)) if self.squash else action
         z = (u - mean) / log_std.exp()
         log_prob = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        return log_prob - _tanh_log_det(u)
+        return log_prob - _tanh_log_det(u) if self.squash else log_prob
 
 
 def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
@@ -162,22 +196,44 @@ def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
     return (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
 
 
+def multiplier_init(value: float, softplus: bool) -> float:
+    """The raw parameter that ``multiplier`` maps to ``value``."""
+    return math.log(math.expm1(value)) if softplus else math.log(value)
+
+
+def multiplier(raw: torch.Tensor, softplus: bool) -> torch.Tensor:
+    """A positive multiplier (SAC temperature, CQL alpha) from its raw parameter: exp by default,
+    softplus as the release's Lagrange multipliers (``release_exact``)."""
+    return F.softplus(raw) if softplus else raw.exp()
+
+
 class ActorCritic(nn.Module):
-    """Everything every algorithm trains, so one checkpoint moves between CQL, IQL and SAC."""
+    """Everything every algorithm trains, so one checkpoint moves between CQL, IQL and SAC.
+
+    ``log_alpha`` and ``cql_log_alpha`` are the raw parameters of the temperature and of CQL's
+    Lagrange alpha: their logs, or their inverse softplus under ``release_exact``.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, net: NetConfig, init_temperature: float, init_cql_alpha: float):
         super().__init__()
         if not 1 <= net.subsample_size <= net.ensemble_size:
             raise ValueError("subsample_size must be between 1 and ensemble_size")
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.actor = TanhGaussianActor(obs_dim, act_dim, net)
+        self.softplus_multipliers = net.release_exact
+        self.actor = Actor(obs_dim, act_dim, net)
         self.critic = Critic(obs_dim, act_dim, net)
         self.target_critic = Critic(obs_dim, act_dim, net)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
         self.value = ValueNet(obs_dim, net)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
-        self.cql_log_alpha = nn.Parameter(torch.tensor(math.log(init_cql_alpha)))
+        self.log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_temperature, net.release_exact)))
+        self.cql_log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_cql_alpha, net.release_exact)))
+
+    def temperature(self) -> torch.Tensor:
+        return multiplier(self.log_alpha, self.softplus_multipliers)
+
+    def cql_alpha(self) -> torch.Tensor:
+        return multiplier(self.cql_log_alpha, self.softplus_multipliers)
 
     @torch.no_grad()
     def soft_update_target(self, tau: float) -> None:

@@ -73,11 +73,15 @@ class TrainedPolicy:
     run_config: dict
     """The training run's config.json ({} for a shipped policy)."""
 
-    def actor(self, device: torch.device, where: str) -> torch.nn.Module:
+    def net_config(self, where: str):
         from wsrl.config import NetConfig, from_dict
-        from wsrl.nets import TanhGaussianActor
 
-        actor = TanhGaussianActor(self.obs_dim, self.act_dim, from_dict(NetConfig, self.net, where))
+        return from_dict(NetConfig, self.net, where)
+
+    def actor(self, device: torch.device, where: str) -> torch.nn.Module:
+        from wsrl.nets import Actor
+
+        actor = Actor(self.obs_dim, self.act_dim, self.net_config(where))
         try:
             actor.load_state_dict(self.weights)
         except RuntimeError as e:
@@ -156,7 +160,13 @@ class DeterministicPolicy(torch.nn.Module):
         return self.actor.act(obs, deterministic=True)
 
 
-def export_metadata(policy: TrainedPolicy, actor: torch.nn.Module) -> dict:
+def actor_kind(policy: TrainedPolicy) -> str:
+    net = policy.net_config("policy")
+    squash = "tanh-squashed Gaussian" if net.actor_tanh else "Gaussian, actions clipped to [-1, 1]"
+    return f"{squash}, {'state-dependent' if net.actor_std == 'state' else 'state-independent'} std"
+
+
+def export_metadata(policy: TrainedPolicy) -> dict:
     """What a user of the exported file needs besides the weights: sizes, env, action scaling, obs layout."""
     import gymnasium as gym
 
@@ -171,7 +181,7 @@ def export_metadata(policy: TrainedPolicy, actor: torch.nn.Module) -> dict:
     env.close()
     return {"format": "wsrl-policy", "wsrl_version": __version__, "env": policy.env, "env_id": policy.env_id,
             "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
-            "actor_kind": type(actor).__name__, "output": "deterministic action in [-1, 1]",
+            "actor_kind": actor_kind(policy), "output": "deterministic action in [-1, 1]",
             "action_scaling": {"low": np.asarray(raw_actions.low, dtype=float).tolist(),
                                "high": np.asarray(raw_actions.high, dtype=float).tolist(),
                                "env_action": "low + (action + 1) / 2 * (high - low)"},
@@ -190,7 +200,7 @@ def export_policy(source: str, out: str | Path, fmt: str, extra: dict | None = N
         raise UserError(f"--out {out}: a {fmt} export should end in {suffix}")
     policy = read_policy(source, source)
     actor = policy.actor(torch.device("cpu"), source)
-    meta = {**export_metadata(policy, actor), **(extra or {})}
+    meta = {**export_metadata(policy), **(extra or {})}
     module = DeterministicPolicy(actor.requires_grad_(False)).eval()  # an inference program: no grad-tracking weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecations, nothing a user can act on

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from wsrl.agents.sac import SAC, Batch, Metrics, subsample_members, td_target
+from wsrl.agents.sac import SAC, Batch, Metrics, repeat_actions
 
 
 def cql_penalty(q_data: torch.Tensor, q_random: torch.Tensor, q_pi: torch.Tensor, q_next_pi: torch.Tensor,
@@ -16,75 +16,83 @@ def cql_penalty(q_data: torch.Tensor, q_random: torch.Tensor, q_pi: torch.Tensor
 
     The logsumexp over all actions is estimated from n uniform actions, n from pi(s) and n from
     pi(s') (all evaluated at s). With importance sampling each sample is divided by its proposal
-    density, i.e. log-density subtracted; without it Q(s, a_data) joins the set unweighted.
+    density, i.e. log-density subtracted; without it Q(s, a_data) joins the set unweighted and the
+    logsumexp becomes a log-mean-exp (log of the 3n + 1 samples subtracted, as the release does),
+    so the penalty is zero when every Q-value is equal.
     """
     if importance_sample:
         uniform_log_density = act_dim * math.log(0.5)
-        samples = [q_random - uniform_log_density, q_next_pi - log_prob_next_pi, q_pi - log_prob_pi]
+        samples = torch.cat([q_random - uniform_log_density, q_next_pi - log_prob_next_pi, q_pi - log_prob_pi], dim=-1)
     else:
-        samples = [q_random, q_data.unsqueeze(-1), q_next_pi, q_pi]
-    ood = torch.logsumexp(torch.cat(samples, dim=-1) / temperature, dim=-1) * temperature
+        samples = torch.cat([q_random, q_data.unsqueeze(-1), q_next_pi, q_pi], dim=-1)
+        samples = samples - math.log(samples.shape[-1]) * temperature
+    ood = torch.logsumexp(samples / temperature, dim=-1) * temperature
     return ood - q_data
 
 
 class CQL(SAC):
     name = "cql"
 
+    @property
+    def release_optimizers(self) -> tuple[str, ...]:
+        return ("critic", "actor", "temperature", *(("cql_alpha",) if self.cfg.cql_lagrange else ()))
+
     def cql_alpha(self) -> torch.Tensor:
         if self.cfg.cql_lagrange:
-            return self.model.cql_log_alpha.exp().clamp(0.0, 1e6)
+            return self.model.cql_alpha().clamp(0.0, 1e6)
         return torch.full((), self.cfg.cql_alpha, device=self.model.cql_log_alpha.device)
 
-    def bound_policy_q(self, q_pi: torch.Tensor, q_next_pi: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
-        """Hook for Cal-QL; plain CQL leaves the policy-action Q-values as they are."""
-        return q_pi, q_next_pi, {}
+    def bound_policy_q(self, q_sampled: torch.Tensor, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+        """Hook for Cal-QL; plain CQL leaves the sampled actions' Q-values as they are."""
+        return q_sampled, {}
 
-    def critic_target(self, mb: Batch) -> torch.Tensor:
-        if not self.cfg.cql_max_target_backup:
-            return super().critic_target(mb)
-        m, cfg, n = self.model, self.cfg, self.cfg.cql_n_actions
-        with torch.no_grad():
-            next_obs = _repeat(mb["next_observations"], n)
-            next_actions, next_log_prob = m.actor.sample(next_obs)  # [B, n, A], [B, n]
-            # Only the chosen target critics are evaluated, [k, B, n].
-            members = subsample_members(self.net.ensemble_size, self.net.subsample_size, next_actions.device)
-            target_q = m.target_critic(next_obs, next_actions, members)
-            # Max over the n sampled next actions per member, then min over the chosen members.
-            best_q, best = target_q.max(-1)
-            next_q = best_q.min(0).values
-            if cfg.backup_entropy:
-                best_log_prob = next_log_prob.gather(1, best.T).min(1).values
-                next_q = next_q - self.alpha * best_log_prob
-            return td_target(mb["rewards"], mb["masks"], next_q, cfg.discount)
-
-    def critic_loss(self, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+    def penalty(self, mb: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """The conservative penalty of every member (or, under ``release_exact``, of the release's
+        own random subsample of members, drawn apart from the TD target's) and its metrics."""
         m, cfg, n = self.model, self.cfg, self.cfg.cql_n_actions
         obs = mb["observations"]
-        q = m.critic(obs, mb["actions"])  # [E, B]
-        td_loss = (q - self.critic_target(mb)).pow(2).mean()
-
         with torch.no_grad():
-            obs_n, next_obs_n = _repeat(obs, n), _repeat(mb["next_observations"], n)
+            obs_n, next_obs_n = repeat_actions(obs, n), repeat_actions(mb["next_observations"], n)
             random_actions = torch.rand(*obs_n.shape[:2], m.act_dim, device=obs.device) * 2 - 1
             pi_actions, log_prob_pi = m.actor.sample(obs_n)
             next_pi_actions, log_prob_next_pi = m.actor.sample(next_obs_n)
-        # One critic call for all 3n sampled actions per state, all evaluated at s.
+        # One critic call for all 3n sampled actions per state, all evaluated at s: [E, B, 3n].
         q_sampled = m.critic(torch.cat([obs_n] * 3, 1), torch.cat([random_actions, pi_actions, next_pi_actions], 1))
+        if self.net.release_exact:
+            members = self.target_members(obs.device)
+            if members is not None:
+                q_sampled, q_data = q_sampled[members], q_data[members]
+        q_sampled, bound_metrics = self.bound_policy_q(q_sampled, mb)
         q_random, q_pi, q_next_pi = q_sampled.split(n, dim=-1)
-        q_pi, q_next_pi, bound_metrics = self.bound_policy_q(q_pi, q_next_pi, mb)
-        cql_diff = cql_penalty(q, q_random, q_pi, q_next_pi, log_prob_pi, log_prob_next_pi, m.act_dim,
-                               cfg.cql_importance_sample, cfg.cql_temperature).mean()
+        diff = cql_penalty(q_data, q_random, q_pi, q_next_pi, log_prob_pi, log_prob_next_pi, m.act_dim,
+                           cfg.cql_importance_sample, cfg.cql_temperature)
+        return diff, {"q/q_pi_mean": q_pi.detach().mean(), **bound_metrics}
 
+    def critic_losses(self, mb: Batch) -> tuple[dict[str, torch.Tensor], Metrics]:
+        cfg = self.cfg
+        q = self.model.critic(mb["observations"], mb["actions"])  # [E, B]
+        td_loss = (q - self.critic_target(mb)).pow(2).mean()
+        cql_diff, penalty_metrics = self.penalty(mb, q)
+        cql_diff = cql_diff.mean()
         alpha = self.cql_alpha()
         gap = cfg.cql_target_gap if cfg.cql_lagrange else 0.0
         loss = td_loss + alpha.detach() * (cql_diff - gap)
+        losses = {"critic": loss}
         if cfg.cql_lagrange:
-            # Dual ascent: alpha grows while the gap exceeds its target. Stepped here because it
-            # needs this minibatch's gap; it touches only cql_log_alpha.
-            self._step("cql_alpha", -alpha * (cql_diff.detach() - gap))
-        return loss, {"losses/critic_loss": loss.detach(), "losses/td_loss": td_loss.detach(),
-                      "losses/cql_diff": cql_diff.detach(), "cql/alpha": alpha.detach(),
-                      "q/q_mean": q.detach().mean(), "q/q_pi_mean": q_pi.detach().mean(), **bound_metrics}
+            # Dual ascent: alpha grows while the gap exceeds its target (this minibatch's gap).
+            losses["cql_alpha"] = -alpha * (cql_diff.detach() - gap)
+        return losses, {"losses/critic_loss": loss.detach(), "losses/td_loss": td_loss.detach(),
+                        "losses/cql_diff": cql_diff.detach(), "cql/alpha": alpha.detach(),
+                        "q/q_mean": q.detach().mean(), **penalty_metrics}
+
+    def release_losses(self, batch, train, behavior_cloning):
+        losses, metrics = super().release_losses(batch, train, behavior_cloning)
+        if "cql_alpha" in train:
+            # The release recomputes the gap for the multiplier's loss with fresh samples.
+            with torch.no_grad():
+                diff = self.penalty(batch, self.model.critic(batch["observations"], batch["actions"]))[0].mean()
+            losses["cql_alpha"] = -self.cql_alpha() * (diff - self.cfg.cql_target_gap)
+        return losses, metrics
 
 
 class CalQL(CQL):
@@ -93,12 +101,11 @@ class CalQL(CQL):
 
     name = "calql"
 
-    def bound_policy_q(self, q_pi, q_next_pi, mb):
-        bound = mb["mc_returns"].unsqueeze(-1)  # [B, 1] against [E, B, n]
-        rate = (q_pi < bound).float().mean()
-        return torch.maximum(q_pi, bound), torch.maximum(q_next_pi, bound), {"calql/bound_rate": rate.detach()}
-
-
-def _repeat(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[B, d] -> [B, n, d] (a view)."""
-    return x.unsqueeze(1).expand(-1, n, -1)
+    def bound_policy_q(self, q_sampled, mb):
+        n = self.cfg.cql_n_actions
+        bound = mb["mc_returns"].unsqueeze(-1)  # [B, 1] against [E, B, 2n]
+        q_policy = q_sampled[..., n:]
+        # The rate counts all 3n sampled actions (the uniform ones are never bounded), as the release.
+        rate = (q_policy < bound).float().sum() / q_sampled.numel()
+        bounded = torch.cat([q_sampled[..., :n], torch.maximum(q_policy, bound)], dim=-1)
+        return bounded, {"calql/bound_rate": rate.detach()}

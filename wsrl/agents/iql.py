@@ -19,36 +19,59 @@ def awr_weights(advantage: torch.Tensor, temperature: float, max_weight: float) 
 
 class IQL(SAC):
     name = "iql"
+    release_optimizers = ("critic", "value", "actor")
+    release_critic_optimizers = ("critic", "value")
 
-    def critic_step(self, mb: Batch) -> Metrics:
-        m, cfg = self.model, self.cfg
+    def target_q(self, mb: Batch) -> torch.Tensor:
+        """min over the chosen target critics of Q(s, a_data), no gradient."""
         with torch.no_grad():
-            target_q = m.target_critic(mb["observations"], mb["actions"]).min(0).values
-        v = m.value(mb["observations"])
-        value_loss = expectile_loss(target_q - v, cfg.expectile)
-        self._step("value", value_loss)
+            members = self.target_members(mb["observations"].device)
+            return self.model.target_critic(mb["observations"], mb["actions"], members).min(0).values
 
+    def value_loss(self, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+        v = self.model.value(mb["observations"])
+        loss = expectile_loss(self.target_q(mb) - v, self.cfg.expectile)
+        return loss, {"losses/value_loss": loss.detach(), "q/v_mean": v.detach().mean()}
+
+    def q_loss(self, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+        m = self.model
         with torch.no_grad():
-            target = td_target(mb["rewards"], mb["masks"], m.value(mb["next_observations"]), cfg.discount)
+            target = td_target(mb["rewards"], mb["masks"], m.value(mb["next_observations"]), self.cfg.discount)
         q = m.critic(mb["observations"], mb["actions"])
-        critic_loss = (q - target).pow(2).mean()
-        self._step("critic", critic_loss)
-        m.soft_update_target(cfg.tau)
-        return {"losses/value_loss": value_loss.detach(), "losses/critic_loss": critic_loss.detach(),
-                "q/q_mean": q.detach().mean(), "q/v_mean": v.detach().mean()}
+        loss = (q - target).pow(2).mean()
+        return loss, {"losses/critic_loss": loss.detach(), "q/q_mean": q.detach().mean()}
 
     def weighted_bc_loss(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         m, cfg = self.model, self.cfg
         with torch.no_grad():
-            advantage = m.target_critic(batch["observations"], batch["actions"]).min(0).values - m.value(batch["observations"])
+            advantage = self.target_q(batch) - m.value(batch["observations"])
             weights = awr_weights(advantage, cfg.iql_temperature, cfg.iql_max_weight)
         loss = -(weights * m.actor.log_prob(batch["observations"], batch["actions"])).mean()
         return loss, {"losses/actor_loss": loss.detach(), "iql/adv_mean": advantage.mean()}
 
-    def update(self, batch: Batch) -> Metrics:
+    def critic_step(self, mb: Batch) -> Metrics:
+        value_loss, metrics = self.value_loss(mb)
+        self._step("value", value_loss)
+        q_loss, q_metrics = self.q_loss(mb)  # bootstraps from the value just updated
+        self._step("critic", q_loss)
+        self.model.soft_update_target(self.cfg.tau)
+        return {**metrics, **q_metrics}
+
+    def update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+        if self.net.release_exact:
+            return self.release_update(batch)
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
         loss, actor_metrics = self.weighted_bc_loss({k: v.flatten(0, 1) for k, v in batch.items()})
         self._step("actor", loss)
         return {**metrics, **actor_metrics}
+
+    def release_losses(self, batch, train, behavior_cloning):
+        losses: dict[str, torch.Tensor] = {}
+        metrics: Metrics = {}
+        for name, loss_fn in (("value", self.value_loss), ("critic", self.q_loss), ("actor", self.weighted_bc_loss)):
+            if name in train:
+                losses[name], part = loss_fn(batch)
+                metrics.update(part)
+        return losses, metrics

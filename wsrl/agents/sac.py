@@ -29,13 +29,22 @@ def subsample_members(ensemble_size: int, k: int, device: torch.device) -> torch
     return torch.rand(ensemble_size, device=device).argsort()[:k]
 
 
-def temperature_loss(log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
+def temperature_loss(alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float) -> torch.Tensor:
     """Raises alpha while the policy entropy -log pi is below the target, lowers it above."""
-    return log_alpha.exp() * (-log_prob.detach() - target_entropy).mean()
+    return alpha * (-log_prob.detach() - target_entropy).mean()
+
+
+def repeat_actions(x: torch.Tensor, n: int) -> torch.Tensor:
+    """[B, d] -> [B, n, d] (a view): n sampled actions per state."""
+    return x.unsqueeze(1).expand(-1, n, -1)
 
 
 class SAC:
     name = "sac"
+    release_optimizers = ("critic", "actor", "temperature")
+    """The optimizers the authors' release has for this algorithm (``release_exact`` steps all of them)."""
+    release_critic_optimizers = ("critic",)
+    """Those trained on each UTD minibatch; the others train once on the whole batch."""
 
     def __init__(self, model: ActorCritic, cfg: AgentConfig, net: NetConfig):
         self.model, self.cfg, self.net = model, cfg, net
@@ -65,24 +74,40 @@ class SAC:
 
     @property
     def alpha(self) -> torch.Tensor:
-        return self.model.log_alpha.exp().detach()
+        return self.model.temperature().detach()
+
+    def target_members(self, device: torch.device) -> torch.Tensor | None:
+        """The target critics of one TD target: distinct members, or drawn with replacement as the
+        release's ``randint`` does (``release_exact``)."""
+        k, size = self.net.subsample_size, self.net.ensemble_size
+        if self.net.release_exact and k < size:
+            return torch.randint(0, size, (k,), device=device)
+        return subsample_members(size, k, device)
 
     def critic_target(self, mb: Batch) -> torch.Tensor:
         m, cfg = self.model, self.cfg
         with torch.no_grad():
-            next_actions, next_log_prob = m.actor.sample(mb["next_observations"])
+            next_obs = mb["next_observations"]
+            if cfg.max_target_backup:
+                next_obs = repeat_actions(next_obs, cfg.cql_n_actions)  # [B, n, d]
+            next_actions, next_log_prob = m.actor.sample(next_obs)
             # Only the k chosen target critics are evaluated: the other members' Q-values would be
             # discarded by the min anyway.
-            members = subsample_members(self.net.ensemble_size, self.net.subsample_size, next_actions.device)
-            next_q = m.target_critic(mb["next_observations"], next_actions, members).min(0).values
+            members = self.target_members(next_actions.device)
+            next_q = m.target_critic(next_obs, next_actions, members).min(0).values
             if cfg.backup_entropy:
                 next_q = next_q - self.alpha * next_log_prob
+            if cfg.max_target_backup:
+                # Min over critics per sampled action first, then the best action (the original
+                # CQL code and the release): the max of per-critic maxima would be optimistic.
+                next_q = next_q.max(-1).values
             return td_target(mb["rewards"], mb["masks"], next_q, cfg.discount)
 
-    def critic_loss(self, mb: Batch) -> tuple[torch.Tensor, Metrics]:
+    def critic_losses(self, mb: Batch) -> tuple[dict[str, torch.Tensor], Metrics]:
+        """The losses of one critic step by optimizer name ("critic", and e.g. CQL's "cql_alpha")."""
         q = self.model.critic(mb["observations"], mb["actions"])  # [E, B]
         loss = (q - self.critic_target(mb)).pow(2).mean()
-        return loss, {"losses/critic_loss": loss.detach(), "q/q_mean": q.detach().mean()}
+        return {"critic": loss}, {"losses/critic_loss": loss.detach(), "q/q_mean": q.detach().mean()}
 
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, Metrics]:
         m = self.model
@@ -102,20 +127,80 @@ class SAC:
         return loss, log_prob, {"losses/actor_loss": loss.detach(), "policy/entropy": -log_prob.detach().mean()}
 
     def critic_step(self, mb: Batch) -> Metrics:
-        loss, metrics = self.critic_loss(mb)
-        self._step("critic", loss)
+        losses, metrics = self.critic_losses(mb)
+        for name, loss in losses.items():
+            self._step(name, loss)
         self.model.soft_update_target(self.cfg.tau)
         return metrics
 
     def update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
         """``behavior_cloning``: the actor step clones the batch's actions instead of following Q
         (CQL's warm start, ``--bc-steps``); a separate compiled/captured update, not a branch inside."""
+        if self.net.release_exact:
+            return self.release_update(batch, behavior_cloning)
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
         full = {k: v.flatten(0, 1) for k, v in batch.items()}
         actor_loss, log_prob, actor_metrics = (self.bc_actor_loss if behavior_cloning else self.actor_loss)(full)
         self._step("actor", actor_loss)
-        t_loss = temperature_loss(self.model.log_alpha, log_prob, self.target_entropy)
+        t_loss = temperature_loss(self.model.temperature(), log_prob, self.target_entropy)
         self._step("temperature", t_loss)
         return {**metrics, **actor_metrics, "losses/temperature_loss": t_loss.detach(), "policy/alpha": self.alpha}
+
+    # The authors' release (``release_exact``): each call of its ``update`` computes the losses of
+    # the networks it trains from the same parameters, then steps *every* optimizer of the agent
+    # (``common.py`` ``apply_loss_fns``), those it does not train with a zero gradient; at UTD > 1
+    # (``update_high_utd``) that is utd critic-only calls, then one actor/temperature call.
+
+    def release_losses(self, batch: Batch, train: frozenset[str], behavior_cloning: bool) -> tuple[dict[str, torch.Tensor], Metrics]:
+        """The release's losses of the networks in ``train``, all from the current parameters."""
+        losses: dict[str, torch.Tensor] = {}
+        metrics: Metrics = {}
+        if "critic" in train:
+            critic, metrics = self.critic_losses(batch)
+            losses.update({k: v for k, v in critic.items() if k in train})
+        if "actor" in train:
+            losses["actor"], _, actor_metrics = (self.bc_actor_loss if behavior_cloning else self.actor_loss)(batch)
+            metrics.update(actor_metrics)
+        if "temperature" in train:
+            losses["temperature"] = self.release_temperature_loss(batch)
+            metrics.update({"losses/temperature_loss": losses["temperature"].detach(), "policy/alpha": self.alpha})
+        return losses, metrics
+
+    def release_temperature_loss(self, batch: Batch) -> torch.Tensor:
+        """The release estimates the entropy from actions sampled at s' (cql_n_actions of them with
+        the max-target backup), not from the actor step's actions at s."""
+        with torch.no_grad():
+            next_obs = batch["next_observations"]
+            if self.cfg.max_target_backup:
+                next_obs = repeat_actions(next_obs, self.cfg.cql_n_actions)
+            _, next_log_prob = self.model.actor.sample(next_obs)
+        return temperature_loss(self.model.temperature(), next_log_prob, self.target_entropy)
+
+    def release_step(self, batch: Batch, train: frozenset[str], behavior_cloning: bool = False) -> Metrics:
+        losses, metrics = self.release_losses(batch, train, behavior_cloning)
+        for name in self.release_optimizers:
+            for p in self._trained[name]:
+                p.grad = torch.zeros_like(p)  # a zero gradient, not None: Adam still steps (momentum)
+        # Gradients first, steps after: every loss sees the same parameters.
+        for name, loss in losses.items():
+            loss.backward(inputs=self._trained[name])
+        for name in self.release_optimizers:
+            self.optimizers[name].step()
+        if "critic" in train:
+            self.model.soft_update_target(self.cfg.tau)
+        return metrics
+
+    def release_update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+        utd = batch["observations"].shape[0]
+        if utd == 1:
+            return self.release_step({k: v[0] for k, v in batch.items()}, frozenset(self.release_optimizers),
+                                     behavior_cloning)
+        metrics: Metrics = {}
+        per_minibatch = frozenset(self.release_critic_optimizers)
+        for i in range(utd):
+            metrics = self.release_step({k: v[i] for k, v in batch.items()}, per_minibatch)
+        full = {k: v.flatten(0, 1) for k, v in batch.items()}
+        rest = frozenset(self.release_optimizers) - per_minibatch
+        return {**metrics, **self.release_step(full, rest, behavior_cloning)}
