@@ -80,8 +80,8 @@ def test_policy_folder_export_loads_as_a_policy_source(pretrained, tmp_path):
 
 def test_export_metadata_records_the_dict_observation_order_and_action_bounds():
     class DictObs(gym.Env):
-        observation_space = gym.spaces.Dict({"observation": gym.spaces.Box(-1, 1, (4,)),
-                                             "desired_goal": gym.spaces.Box(-1, 1, (2,))})
+        observation_space = gym.spaces.Dict({"observation": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
+                                             "desired_goal": gym.spaces.Box(-1.0, 1.0, (2,), np.float32)})
         action_space = gym.spaces.Box(-2.0, 3.0, (1,), np.float32)
 
     gym.register("WsrlTestDictObs-v0", entry_point=DictObs)
