@@ -20,6 +20,8 @@ OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
 RecipeName = Literal["wsrl", "wsrl-no-warmup", "wsrl-retain", "wsrl-append", "cql-finetune", "calql-finetune",
                      "iql-finetune", "rlpd"]
 """The named two-phase recipes in configs/ (tests/test_recipes.py checks this list against the files)."""
+ExportFormat = Literal["onnx", "pt2", "policy"]
+
 
 @dataclass
 class NetConfig:
@@ -262,6 +264,40 @@ class PlotConfig:
     """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""
     """Figure title."""
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluate a trained policy under training's protocol: `wsrl evaluate RUN_OR_CHECKPOINT`."""
+
+    source: tyro.conf.Positional[str]
+    """A wsrl run directory (its newest checkpoint), a checkpoints/step_* folder, or a shipped policy name."""
+    episodes: int = 0
+    """Episodes, side by side; 0 takes the run's --eval-episodes (20 for a shipped policy)."""
+    sampled: bool = False
+    """Sample actions from the policy instead of the deterministic tanh(mean)."""
+    seed: int | None = None
+    """Episode i starts from seed + 1000 + i, as in training; default the run's --seed (0 for a shipped policy)."""
+    video: str = ""
+    """Also write the first episode to this .mp4 (needs wsrl[video] and MUJOCO_GL=osmesa or egl)."""
+    device: str = "cpu"
+    """Device the policy runs on."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class ExportConfig:
+    """Export a run's deterministic actor to run without wsrl: `wsrl export RUN --format onnx|pt2 --out FILE`."""
+
+    source: tyro.conf.Positional[str]
+    """A wsrl run directory (its newest checkpoint), a checkpoints/step_* folder, or a shipped policy name."""
+    format: ExportFormat = "onnx"
+    """onnx (needs wsrl[export]), pt2 (torch.export program), or policy (a shipped-policy folder for wsrl/policies/)."""
+    out: str = ""
+    """Output file (.onnx, .pt2) or, for --format policy, folder."""
+    overwrite: bool = False
+    """Replace an existing output."""
 
 
 def to_dict(cfg: Any) -> dict:
