@@ -38,17 +38,21 @@ def test_pretrain_on_a_minari_dataset(tmp_path, monkeypatch):
     assert load_checkpoint(out)[0]["dataset"] == "minari:wsrltest/hopper-cli-v0"
 
 
-def test_presets_pick_domain_defaults_and_flags_override():
+def test_recipes_pick_domain_defaults_and_flags_override():
     from wsrl.cli import parse_pretrain
 
     cfg = parse_pretrain(["--env", "hopper-medium-v2"])
-    assert cfg.algo == "cql" and cfg.steps == 250_000 and cfg.net.critic_hidden == (256, 256) and cfg.agent.cql_alpha == 5.0
-    cfg = parse_pretrain(["--env", "antmaze-umaze-v2", "--algo", "calql", "--steps", "7"])
-    assert cfg.net.critic_hidden == (256,) * 4 and cfg.agent.cql_lagrange and cfg.steps == 7
+    assert cfg.recipe == "wsrl" and cfg.algo == "cql" and cfg.steps == 250_000 and cfg.agent.cql_alpha == 5.0
+    assert cfg.net.critic_hidden == (256, 256) and cfg.net.ensemble_size == 10 and cfg.net.layer_norm
+    cfg = parse_pretrain(["--env", "antmaze-umaze-v2", "--steps", "7"])
+    assert cfg.algo == "calql" and cfg.net.critic_hidden == (256,) * 4 and cfg.agent.cql_lagrange and cfg.steps == 7
+    # --algo X alone keeps the recipe's networks and takes X's losses for the domain.
     cfg = parse_pretrain(["--env", "Hopper-v5", "--algo", "iql"])
     assert cfg.agent.expectile == 0.7 and cfg.agent.iql_temperature == 3.0 and cfg.agent.actor_lr == 3e-4
-    cfg = parse_pretrain(["--env", "Hopper-v5", "--preset", "kitchen-iql"])
-    assert cfg.net.actor_dropout == 0.1 and cfg.net.critic_hidden == (512,) * 3
+    assert cfg.net.ensemble_size == 10 and cfg.net.actor_tanh
+    cfg = parse_pretrain(["--env", "kitchen-mixed-v0", "--recipe", "iql-finetune", "--actor-lr", "1e-3"])
+    assert cfg.net.actor_dropout == 0.1 and cfg.net.critic_hidden == (256, 256) and not cfg.net.actor_tanh
+    assert cfg.agent.actor_lr == 1e-3
 
 
 def test_help_documents_every_field(capsys):
@@ -88,10 +92,13 @@ def _bad_inputs(tmp, hopper_file, pretrained):
         "observations have size 11, the env's have 17": ["pretrain", "--env", "HalfCheetah-v5", "--dataset", hopper_file, *base],
         "trained on Hopper-v5": [*ft, "--env", "HalfCheetah-v5", *base],
         "does not fit the checkpoint": [*ft, "--ensemble-size", 5, "--steps", 10, "--device", "cpu"],
+        "--release-exact True: does not fit the checkpoint": [*ft, "--release-exact", "--steps", 10, "--device", "cpu"],
         "cannot make 'NoSuchEnv-v0'": ["pretrain", "--env", "NoSuchEnv-v0", "--dataset", hopper_file, *base],
         "needs a continuous Box": ["pretrain", "--env", "CartPole-v1", "--dataset", hopper_file, *base],
         "unknown value 'dqn'": [*pre, "--algo", "dqn", "--dataset", hopper_file, *base],
-        "unknown preset 'nope'": [*pre, "--preset", "nope", "--dataset", hopper_file, *base],
+        "--recipe: unknown value 'nope'": [*pre, "--recipe", "nope", "--dataset", hopper_file, *base],
+        "--recipe rlpd: has no pretraining": [*pre, "--recipe", "rlpd", "--dataset", hopper_file, *base],
+        "--recipe cql-finetune: fine-tunes a cql-finetune pretraining": [*ft, *base, "--recipe", "cql-finetune"],
         "--steps: must be positive": [*pre, "--dataset", hopper_file, *TINY, "--steps", 0],
         "--batch-size: must be positive": [*pre, "--dataset", hopper_file, *base, "--batch-size", -3],
         "--bc-steps: must be >= 0": [*pre, "--dataset", hopper_file, *base, "--bc-steps", -1],

@@ -114,7 +114,7 @@ def test_returns_to_go_sparse_failure_is_infinite_horizon_value():
 def test_offline_buffer_scales_rewards_once_and_keeps_masks(hopper_rollouts, tmp_path):
     write_d4rl(tmp_path / "d.hdf5", hopper_rollouts)
     data = read_d4rl_hdf5(tmp_path / "d.hdf5")
-    buf = ReplayBuffer.from_offline(data, reward_scale=10.0, reward_bias=-5.0, discount=0.99, sparse_reward=False, device="cpu")
+    buf = ReplayBuffer.from_offline(data, reward_scale=10.0, reward_bias=-5.0, discount=0.99, sparse_fail_reward=None, device="cpu")
     stored = buf.storage
     np.testing.assert_allclose(stored["rewards"].numpy(), data.rewards * 10 - 5, rtol=1e-6)
     np.testing.assert_array_equal(stored["masks"].numpy(), 1.0 - data.terminals)

@@ -58,7 +58,7 @@ def test_autoreset_step_is_not_stored_and_truncation_keeps_the_mask():
         finished += done
     # 12 vector steps x 2 envs, minus one autoreset step per env per finished episode.
     assert len(buffer) == 24 - 2 * 2
-    assert [length for _, length in finished] == [5, 5, 5, 5]
+    assert [episode.length for episode in finished] == [5, 5, 5, 5]
     obs = buffer.storage["observations"][: len(buffer)]
     nxt = buffer.storage["next_observations"][: len(buffer)]
     # A stored autoreset step would start from an episode's final observation; none does.
@@ -91,8 +91,51 @@ def test_termination_zeroes_the_mask():
 def test_online_baselines_with_pretraining_losses(tmp_path, pretrained, algo):
     out = tmp_path / algo
     assert run_wsrl("finetune", "--checkpoint", pretrained, "--out", out, "--steps", 60, "--warmup-steps", 50,
-                    "--online-algo", algo, *FAST) == 0
+                    "--online-algo", algo, "--no-sample-finished-episodes", *FAST) == 0
     assert _records(out, "train/updates")[60] == 10
+
+
+def test_calql_online_waits_one_time_limit_then_samples_finished_episodes(tmp_path, pretrained):
+    # --online-algo calql alone takes the calql-finetune baseline's online half: UTD 1, no warmup,
+    # and the release's replay rule (Hopper's time limit is 1000 steps).
+    out = tmp_path / "calql"
+    assert run_wsrl("finetune", "--checkpoint", pretrained, "--out", out, "--steps", 1010, "--online-algo", "calql",
+                    *TINY, "--batch-size", 32, "--log-every", 5, "--eval-every", 5000) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["sample_finished_episodes"] and config["utd"] == 1 and config["warmup_steps"] == 0
+    updates = _records(out, "train/updates")
+    assert updates[1000] == 0 and updates[1010] == 10
+
+
+def test_finished_only_sampling_skips_running_episodes():
+    buffer = ReplayBuffer(10, 1, 1, "cpu", seed=0)
+    writer = BufferWriter(buffer, 1, 1.0, 0.0, 0.9)
+    from wsrl.data.rollout import Transitions
+
+    def step(obs, terminated):
+        writer(Transitions(np.array([0]), np.array([[obs]]), np.zeros((1, 1)), np.ones(1), np.array([[obs + 1]]),
+                           np.array([terminated]), np.array([False])))
+
+    for t in range(3):
+        step(float(t), t == 2)  # an episode of 3 steps ends
+    step(10.0, False)  # a running one
+    drawn = buffer.sample(500, finished_only=True)["observations"][:, 0]
+    assert set(drawn.tolist()) == {0.0, 1.0, 2.0}
+    assert torch.isfinite(buffer.sample(500, finished_only=True)["mc_returns"]).all()
+    assert 10.0 in buffer.sample(500)["observations"][:, 0].tolist()
+
+
+def test_release_exact_batches_concatenate_online_then_offline_rows():
+    from wsrl.data.buffer import sample_mixed
+
+    online, offline = ReplayBuffer(8, 1, 1, "cpu"), ReplayBuffer(8, 1, 1, "cpu")
+    for buf, value in ((online, 1.0), (offline, -1.0)):
+        buf.add(observations=np.full((8, 1), value), actions=np.zeros((8, 1)), rewards=np.zeros(8),
+                next_observations=np.zeros((8, 1)), masks=np.ones(8))
+    mixed = sample_mixed(online, offline, utd=4, minibatch=4, offline_ratio=0.5)["observations"][..., 0]
+    assert (mixed == -1).sum(1).tolist() == [2, 2, 2, 2]  # the exact fraction in every minibatch
+    release = sample_mixed(online, offline, utd=4, minibatch=4, offline_ratio=0.5, concatenate=True)["observations"][..., 0]
+    assert release.tolist() == [[1.0] * 4, [1.0] * 4, [-1.0] * 4, [-1.0] * 4]  # online-only, then offline-only
 
 
 def test_from_scratch_rlpd_recipe(tmp_path, hopper_file):

@@ -222,3 +222,18 @@ def test_release_exact_draws_target_critics_with_replacement():
     assert any(a == b for a, b in draws)  # the same critic twice: randint, as the release
     default, _ = _sac()
     assert all(a != b for a, b in (default.target_members(torch.device("cpu")).tolist() for _ in range(200)))
+
+
+def test_release_exact_temperature_loss_samples_the_entropy_at_next_states():
+    # The release estimates the entropy for the temperature from cql_n_actions actions sampled at s'
+    # (max-target backup on), not from the actor step's actions at s.
+    agent, model, batch = _exact_sac(utd_batch=1)
+    agent.cfg = AgentConfig(max_target_backup=True, cql_n_actions=3)
+    mb = {k: v[0] for k, v in batch.items()}
+    torch.manual_seed(2)
+    loss = agent.release_temperature_loss(mb)
+    torch.manual_seed(2)
+    _, next_log_prob = model.actor.sample(mb["next_observations"].unsqueeze(1).expand(-1, 3, -1))
+    assert next_log_prob.shape == (6, 3)
+    expected = torch.nn.functional.softplus(model.log_alpha) * (-next_log_prob - agent.target_entropy).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -27,9 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from wsrl.atomic import fsync
+from wsrl.config import upgrade_config
 from wsrl.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: recipes and the shared max-target switch in the config (format 1 is upgraded on load)."""
 FILES = ("model.safetensors", "state.safetensors", "state.json")
 
 
@@ -120,6 +122,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
+def run_finished(run_dir: Path) -> bool:
+    """The run's newest checkpoint is at (or, with several envs per step, past) its --steps."""
+    config = Path(run_dir) / "config.json"
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints or not config.is_file():
+        return False
+    return int(checkpoints[-1].name.removeprefix("step_")) >= json.loads(config.read_text())["steps"]
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A run directory (its newest checkpoint) or a ``step_*`` folder."""
     path = Path(path)
@@ -145,7 +156,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], di
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"checkpoint {ckpt}: format version {version} is newer than this wsrl reads "
                         f"({FORMAT_VERSION}); upgrade wsrl")
-    if version < FORMAT_VERSION:
+    if version < 1:
         raise UserError(f"checkpoint {ckpt}: format version {version} predates this wsrl's {FORMAT_VERSION} "
                         f"and has no converter")
     for name in FILES:
@@ -164,4 +175,6 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], di
     except (SafetensorError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt}: unreadable ({e})") from None
     state = decode(meta.pop("state"), tensors)
+    if version == 1:
+        meta["config"] = upgrade_config(meta["config"])
     return meta, model_state, state

@@ -1,8 +1,8 @@
-"""`wsrl <command>`: picks the preset, parses flags with tyro, calls the library. No logic of its own.
+"""`wsrl <command>`: picks the recipe, parses flags with tyro, calls the library. No logic of its own.
 
-Flag defaults come from, in order: the config dataclasses, the preset (chosen from the env's
-domain and the algorithm, or --preset), the checkpoint being fine-tuned or the run being
-resumed, and finally the command line.
+Flag defaults come from, in order: the config dataclasses, the recipe for the env's domain (and
+the checkpoint being fine-tuned; wsrl/recipes.py), or the run being resumed, and finally the
+command line.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import get_args
 
 import tyro
 
-from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, from_dict, load_preset, merge
+from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict, upgrade_config
 from wsrl.errors import DivergenceError, UserError
 
 USAGE = """usage: wsrl <command> [flags]   (wsrl <command> --help lists every flag)
@@ -24,6 +24,8 @@ commands:
   finetune   online fine-tuning from a checkpoint (WSRL: warmup, fresh buffer, ensemble SAC)
   collect    roll out a policy (checkpoint, shipped, random) or a replay buffer -> D4RL HDF5 / Minari dataset
   plot       learning curves (normalised score vs steps, offline + online) of runs -> PNG
+  sweep      envs x methods x seeds as Ray tasks on this machine or a cluster; reruns skip finished runs
+  report     metrics per env x method, IQM/median/mean/optimality gap with bootstrap CIs -> Markdown, CSV, PNG
   evaluate   return, normalised score (and success rate) of a run, checkpoint or shipped policy; --video
   export     a run's deterministic actor as ONNX or a torch.export .pt2 file that runs without wsrl
 """
@@ -49,17 +51,9 @@ def _saved_config(cls: type, run_dir: str):
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserError(f"--resume {run_dir}: no config.json there (not a wsrl run directory)")
-    data = json.loads(path.read_text())
+    data = upgrade_config(json.loads(path.read_text()))
     data.pop("kind", None)
     return from_dict(cls, {**data, "resume": run_dir, "out": run_dir}, str(path))
-
-
-def _domain_preset(args: list[str], algo: str) -> tuple[str, dict]:
-    from wsrl.envs import resolve_env
-
-    env = _peek(args, "--env")
-    name = _peek(args, "--preset") or f"{resolve_env(env).domain if env else 'locomotion'}-{algo}"
-    return name, load_preset(name)
 
 
 def _parse(cls: type, default, args: list[str], command: str):
@@ -68,34 +62,31 @@ def _parse(cls: type, default, args: list[str], command: str):
 
 
 def parse_pretrain(args: list[str]) -> PretrainConfig:
-    algo = _peek(args, "--algo")
+    from wsrl.recipes import pretrain_defaults
+
+    algo, recipe = _peek(args, "--algo"), _peek(args, "--recipe")
     _check_choice("--algo", algo, get_args(Algo))
+    _check_choice("--recipe", recipe, get_args(RecipeName))
     resume = _peek(args, "--resume")
     if resume:
         return _parse(PretrainConfig, _saved_config(PretrainConfig, resume), args, "pretrain")
-    name, preset = _domain_preset(args, algo or "cql")
-    return _parse(PretrainConfig, merge(PretrainConfig(), preset, f"preset {name}"), args, "pretrain")
+    return _parse(PretrainConfig, pretrain_defaults(_peek(args, "--env"), recipe or "wsrl", algo or None), args, "pretrain")
 
 
 def parse_finetune(args: list[str]) -> FinetuneConfig:
     from wsrl.checkpoint import load_checkpoint
+    from wsrl.recipes import finetune_defaults
 
-    _check_choice("--online-algo", _peek(args, "--online-algo"), get_args(OnlineAlgo))
+    online_algo, recipe = _peek(args, "--online-algo"), _peek(args, "--recipe")
+    _check_choice("--online-algo", online_algo, get_args(OnlineAlgo))
+    _check_choice("--recipe", recipe, get_args(RecipeName))
     resume = _peek(args, "--resume")
     if resume:
         return _parse(FinetuneConfig, _saved_config(FinetuneConfig, resume), args, "finetune")
-    base = FinetuneConfig()
     checkpoint = _peek(args, "--checkpoint")
-    if checkpoint:
-        # Network shapes, loss settings and reward shaping continue from pretraining.
-        meta, _, _ = load_checkpoint(checkpoint)
-        saved = meta["config"]
-        base = merge(base, {k: saved[k] for k in ("env", "net", "agent", "reward_scale", "reward_bias")},
-                     f"checkpoint {checkpoint}")
-    else:
-        name, preset = _domain_preset(args, "cql")
-        base = merge(base, {"net": preset.get("net", {})}, f"preset {name}")
-    return _parse(FinetuneConfig, merge(base, load_preset("wsrl"), "preset wsrl"), args, "finetune")
+    saved = load_checkpoint(checkpoint)[0]["config"] if checkpoint else None
+    default = finetune_defaults(_peek(args, "--env"), recipe or None, online_algo or None, saved)
+    return _parse(FinetuneConfig, default, args, "finetune")
 
 
 def parse_collect(args: list[str]):
@@ -109,6 +100,30 @@ def parse_plot(args: list[str]):
     from wsrl.plot import PlotConfig
 
     return tyro.cli(PlotConfig, args=args, prog="wsrl plot", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def parse_sweep(args: list[str]):
+    from wsrl.config import SweepConfig
+
+    return tyro.cli(SweepConfig, args=args, prog="wsrl sweep", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def parse_report(args: list[str]):
+    from wsrl.config import ReportConfig
+
+    return tyro.cli(ReportConfig, args=args, prog="wsrl report", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _sweep(cfg) -> int:
+    from wsrl.sweep import sweep
+
+    return sweep(cfg)  # prints its own progress and summary; the exit status says whether every run finished
+
+
+def _report(cfg) -> None:
+    from wsrl.report import report
+
+    print(f"wsrl report: wrote {report(cfg)}")
 
 
 def parse_evaluate(args: list[str]):
@@ -154,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),
                 "collect": (parse_collect, _collect), "plot": (parse_plot, _plot),
+                "sweep": (parse_sweep, _sweep), "report": (parse_report, _report),
                 "evaluate": (parse_evaluate, _evaluate), "export": (parse_export, _export)}
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -171,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"wsrl {command}: training stopped: {e}; the last good checkpoint is kept", file=sys.stderr)
         return 3
+    if isinstance(result, int):
+        return result
     if result:
         print(f"wsrl {command}: done; final evaluation " + ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in result.items()))
     return 0

@@ -32,6 +32,7 @@ import torch
 from wsrl import __version__
 from wsrl.atomic import atomic_write, fsync, fsync_tree
 from wsrl.config import CollectConfig
+from wsrl.data.offline import WSRL_COLLECT_ALGORITHM
 from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
 from wsrl.policies import check_policy_env, load_policy
@@ -215,7 +216,7 @@ def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces
     try:
         os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
         minari.create_dataset_from_buffers(
-            dataset_id, buffers, env=spec.id, algorithm_name="wsrl collect", author="wsrl",
+            dataset_id, buffers, env=spec.id, algorithm_name=WSRL_COLLECT_ALGORITHM, author="wsrl",
             action_space=act_space, observation_space=obs_space, description=json.dumps(metadata),
             ref_min_score=spec.ref_min_score, ref_max_score=spec.ref_max_score if spec.ref_min_score is not None else None)
         built = tmp_root / dataset_id

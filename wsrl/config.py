@@ -1,17 +1,15 @@
 """Every knob of wsrl as a typed dataclass field.
 
 The field docstrings are the ``--help`` text, the saved ``config.json`` is ``asdict`` of these
-classes, and the presets in ``configs/`` are partial dicts of the same fields. Precedence is
-dataclass default < domain/algorithm preset < command line.
+classes, and the recipes in ``configs/`` are partial dicts of the same fields (wsrl/recipes.py
+says in which order they apply).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -19,6 +17,9 @@ from wsrl.errors import UserError
 
 Algo = Literal["cql", "calql", "iql"]
 OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
+RecipeName = Literal["wsrl", "wsrl-no-warmup", "wsrl-retain", "wsrl-append", "cql-finetune", "calql-finetune",
+                     "iql-finetune", "rlpd"]
+"""The named two-phase recipes in configs/ (tests/test_recipes.py checks this list against the files)."""
 ExportFormat = Literal["onnx", "pt2", "policy"]
 
 
@@ -116,8 +117,6 @@ class RunConfig:
     """Seed of torch, numpy and the environments (evaluation env uses seed + 1000)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    preset: str = ""
-    """Preset in configs/ to start from; empty picks it from the env's domain."""
     reward_scale: float | None = None
     """Rewards are trained on as reward * reward_scale + reward_bias; None takes the env suite's (evaluation is unscaled)."""
     reward_bias: float | None = None
@@ -148,8 +147,15 @@ class PretrainConfig(RunConfig):
 
     dataset: str = ""
     """D4RL-schema HDF5 path, D4RL name (looked up in $D4RL_DATASET_DIR or ~/.d4rl/datasets), or minari:<id>."""
+    recipe: RecipeName = "wsrl"
+    """Named method, set per domain as the authors' release runs it (configs/<recipe>.json, docs/recipes.md):
+    wsrl (CQL/Cal-QL with a 10-critic ensemble, then warmup and SAC at UTD 4); wsrl-no-warmup, wsrl-retain
+    (half of every batch offline data), wsrl-append (offline data in the buffer), which fine-tune a wsrl
+    pretraining; the baselines cql-finetune, calql-finetune, iql-finetune (own pretraining: 2 critics, UTD 1,
+    no warmup; iql-finetune is the release's IQL model, not the ensemble IQL that wsrl --algo iql trains);
+    rlpd (no pretraining: `wsrl finetune --recipe rlpd --dataset D`). Saved in the checkpoint."""
     algo: Algo = "cql"
-    """Offline algorithm."""
+    """Offline algorithm; the recipe picks it per domain (--algo X keeps the recipe's networks with X's losses)."""
     steps: int = 250_000
     """Gradient steps of offline training."""
     batch_size: int = 256
@@ -172,8 +178,12 @@ class FinetuneConfig(RunConfig):
 
     checkpoint: str = ""
     """Pretraining run directory (or one of its checkpoints/step_* folders) to start from."""
+    recipe: RecipeName = "wsrl"
+    """Named method (see `wsrl pretrain --help`; docs/recipes.md): its online settings for the env's domain.
+    Default: the checkpoint's recipe. It must fine-tune the checkpoint's pretraining (wsrl-no-warmup,
+    wsrl-retain, wsrl-append fine-tune a wsrl one); --online-algo X alone takes X's baseline online settings."""
     from_scratch: bool = False
-    """No checkpoint: freshly initialised networks (SAC; with --offline-ratio 0.5 this is RLPD)."""
+    """No checkpoint: freshly initialised networks (SAC; with --offline-ratio 0.5 this is RLPD, --recipe rlpd)."""
     resume: str = ""
     """Fine-tuning run directory to continue from its newest complete checkpoint, replay buffer included."""
     online_algo: OnlineAlgo = "sac"
@@ -181,7 +191,10 @@ class FinetuneConfig(RunConfig):
     steps: int = 500_000
     """Online env steps in total, warmup included."""
     warmup_steps: int = 5_000
-    """Env steps with the frozen pretrained policy (sampled actions) before any update."""
+    """Env steps with the frozen pretrained policy (sampled actions) before any update. Updates also wait
+    until the buffer holds one batch of online rows, as in the release."""
+    warmup_actions: Literal["policy", "uniform"] | None = None
+    """Warmup actions from the policy (sampled) or uniform at random; None: uniform with --from-scratch, else policy."""
     utd: int = 4
     """Critic updates per env step; the batch is split into this many minibatches."""
     batch_size: int = 1024
@@ -196,6 +209,9 @@ class FinetuneConfig(RunConfig):
     """Fraction of every batch drawn from the offline data (0 = WSRL)."""
     offline_append: bool = False
     """Put the offline data into the replay buffer before online training."""
+    sample_finished_episodes: bool = False
+    """Sample only transitions of episodes that have ended (their Monte-Carlo returns are known), and wait
+    one time limit of steps before the first update: the release's online Cal-QL."""
     download: bool = False
     """Allow minari to download a dataset that is not on this machine."""
     net: NetConfig = field(default_factory=NetConfig)
@@ -245,7 +261,7 @@ class PlotConfig:
     labels: tuple[str, ...] = ()
     """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
     metric: str = "auto"
-    """Metric to plot: auto (eval/normalized_score when present, else eval/return) or a metrics.jsonl key."""
+    """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""
     """Figure title."""
 
@@ -305,6 +321,18 @@ def from_dict(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
+def upgrade_config(data: dict) -> dict:
+    """A config saved by an older wsrl (checkpoint format 1) in today's fields: the CQL-only
+    max-target switch became ``max_target_backup`` (used by SAC too), and runs before recipes were
+    WSRL's. The networks of format 1 are today's defaults for every new NetConfig field."""
+    data = {**data, "agent": dict(data.get("agent", {}))}
+    if "cql_max_target_backup" in data["agent"]:
+        data["agent"]["max_target_backup"] = data["agent"].pop("cql_max_target_backup")
+    data.pop("preset", None)
+    data.setdefault("recipe", "wsrl")
+    return data
+
+
 def merge(cfg: Any, overrides: dict, where: str) -> Any:
     """Return a copy of ``cfg`` with the fields in ``overrides`` (nested dicts for net/agent)."""
     data = to_dict(cfg)
@@ -316,15 +344,45 @@ def merge(cfg: Any, overrides: dict, where: str) -> Any:
     return from_dict(type(cfg), data, where)
 
 
-def preset_names() -> list[str]:
-    files = resources.files("wsrl.configs").iterdir()
-    return sorted(f.name[: -len(".json")] for f in files if f.name.endswith(".json"))
+@dataclass
+class SweepConfig:
+    """Run envs x methods x seeds as Ray tasks: `wsrl sweep SWEEP_FILE --out DIR` (docs/sweep.md)."""
+
+    file: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SWEEP_FILE")] = ""
+    """Sweep file (.toml; .yaml/.yml with PyYAML); may be left out when --envs and --methods are given."""
+    out: str = ""
+    """Root of the run tree: DIR/<env>/<method>/seed<k>, pretraining under DIR/<env>/_pretrain/."""
+    envs: tuple[str, ...] = ()
+    """Envs to run, replacing the file's: NAME (an env of the file, a Gymnasium id or a D4RL name) or NAME=DATASET."""
+    methods: tuple[str, ...] = ()
+    """Methods to run, replacing the file's: a method of the file or a recipe name."""
+    seeds: tuple[int, ...] = ()
+    """Seeds to run, replacing the file's."""
+    pretrain_flags: str = ""
+    """Flags added to every pretraining run, over the file's; with =: --pretrain-flags="--steps 8000 --eval-every 1000"."""
+    finetune_flags: str = ""
+    """Flags added to every fine-tuning run, over the file's; with =: --finetune-flags="--steps 30000"."""
+    address: str = ""
+    """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
+    cpus_per_run: int = 1
+    """CPUs Ray reserves for each run; also the run's torch threads (--threads)."""
+    gpus_per_run: float = 0.0
+    """GPUs Ray reserves for each run (0.25: four runs share a GPU); 0 runs on CPU (--device cpu)."""
+    max_concurrent: int = 0
+    """At most this many runs at once; 0 = as many as the cluster's CPUs and GPUs fit."""
+    dry_run: bool = False
+    """Print each run's command (or that it is finished) and start nothing."""
 
 
-def load_preset(name: str) -> dict:
-    path = resources.files("wsrl.configs") / f"{name}.json"
-    if not path.is_file():
-        raise UserError(f"--preset: unknown preset '{name}' (known: {', '.join(preset_names())})")
-    data = json.loads(path.read_text())
-    data.pop("_comment", None)
-    return data
+@dataclass
+class ReportConfig:
+    """Tables and figures of fine-tuning runs across envs, methods and seeds: `wsrl report DIR... --out REPORT/`."""
+
+    runs: Annotated[tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="DIR")]
+    """Sweep directories or run directories; searched for fine-tuning runs."""
+    out: str = "report"
+    """Output folder (report.md, CSV tables, PNG figures); a previous report there is replaced."""
+    resamples: int = 10_000
+    """Stratified bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap, so a report is reproducible."""

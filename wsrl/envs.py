@@ -6,12 +6,13 @@ import functools
 import importlib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import gymnasium as gym
 import numpy as np
 
+from wsrl.domains import domain_of
 from wsrl.errors import UserError
 
 
@@ -20,19 +21,31 @@ class EnvSpec:
     """What wsrl knows about an env: its Gymnasium id, domain, reference scores, reward shaping."""
 
     id: str
+    name: str = ""
+    """wsrl's name for this configured env (``--env``); the Gymnasium id unless the suite gives one."""
     domain: str = "locomotion"
     max_episode_steps: int | None = None
+    kwargs: dict = field(default_factory=dict)
+    """Keyword arguments of ``gym.make`` (e.g. antmaze's maze map, kitchen's subtasks)."""
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     ref_source: str = ""
     reward_scale: float = 1.0
     reward_bias: float = 0.0
     sparse_reward: bool = False
+    fail_reward: float | None = None
+    """Sparse domains: the raw reward of a step that has not succeeded (Cal-QL's return rule)."""
+    d4rl_xy_offset: tuple[float, float] | None = None
+    """antmaze: where D4RL's x-y origin (its start cell's centre) lies in this env's x-y frame."""
     requires: str | None = None
     d4rl_name: str | None = None
     """Set when the env was named by a D4RL dataset name."""
     d4rl_file: str | None = None
     """File name of that dataset in the d4rl cache folder."""
+
+
+SHARED = ("domain", "reward_scale", "reward_bias", "sparse_reward", "fail_reward", "requires")
+"""Suite-level fields of envs/*.json, shared by every env of the suite."""
 
 
 def _suites() -> list[dict]:
@@ -41,38 +54,38 @@ def _suites() -> list[dict]:
             if f.name.endswith(".json")]
 
 
+def _spec(entry: dict, shared: dict, **extra) -> EnvSpec:
+    fields = {k: v for k, v in entry.items() if k != "d4rl"}
+    fields.setdefault("name", entry["id"])
+    if fields.get("d4rl_xy_offset") is not None:
+        fields["d4rl_xy_offset"] = tuple(fields["d4rl_xy_offset"])
+    return EnvSpec(**fields, **shared, **extra)
+
+
 def resolve_env(name: str) -> EnvSpec:
-    """Map a Gymnasium id or a D4RL dataset name to its spec (a bare spec for unlisted ids)."""
+    """Map a suite env's name (its Gymnasium id unless named) or a D4RL dataset name to its spec
+    (a bare spec for unlisted Gymnasium ids)."""
     if not name:
         raise UserError("--env: no environment given (a Gymnasium id like Hopper-v5 or a D4RL name like hopper-medium-v2)")
     for suite in _suites():
-        shared = {k: suite[k] for k in ("domain", "reward_scale", "reward_bias", "sparse_reward", "requires")}
+        shared = {k: suite[k] for k in SHARED}
         for entry in suite["envs"]:
-            fields = {k: v for k, v in entry.items() if k != "d4rl"}
-            if entry["id"] == name:
-                return EnvSpec(**fields, **shared)
+            if entry.get("name", entry["id"]) == name:
+                return _spec(entry, shared)
             if name in entry["d4rl"]:
-                return EnvSpec(**fields, **shared, d4rl_name=name, d4rl_file=entry["d4rl"][name])
-    return EnvSpec(id=name)
-
-
-def flatten_obs(obs, batched: bool = False) -> np.ndarray:
-    """Dict observations (e.g. antmaze: observation + desired_goal) concatenated in sorted key
-    order, the same for env steps and dataset episodes; ``batched`` keeps a leading time axis."""
-    if isinstance(obs, dict):
-        return np.concatenate([flatten_obs(obs[k], batched) for k in sorted(obs)], axis=-1)
-    x = np.asarray(obs, dtype=np.float32)
-    return x.reshape(len(x), -1) if batched else x.reshape(-1)
+                return _spec(entry, shared, d4rl_name=name, d4rl_file=entry["d4rl"][name])
+    return EnvSpec(id=name, name=name)
 
 
 class _FlattenDictObs(gym.ObservationWrapper):
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, spec: EnvSpec):
         super().__init__(env)
-        size = sum(int(np.prod(s.shape)) for s in env.observation_space.spaces.values())
+        self._flatten = domain_of(spec).flatten
+        size = len(self._flatten(env.observation_space.sample()))
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (size,), np.float32)
 
     def observation(self, obs):
-        return flatten_obs(obs)
+        return self._flatten(obs)
 
 
 @functools.cache  # one process-wide callback, installed on the first env built
@@ -98,7 +111,8 @@ def _route_mujoco_warnings() -> None:
 
 
 def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
-    """A single env with flat float observations and actions rescaled to [-1, 1]."""
+    """A single env with the suite's kwargs, the domain's reward/episode/success conventions
+    (wsrl.domains), flat float observations and actions rescaled to [-1, 1]."""
     _route_mujoco_warnings()
     if spec.requires:
         try:
@@ -107,16 +121,19 @@ def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
             raise UserError(f"--env {spec.id}: needs the '{spec.requires}' package (pip install {spec.requires.replace('_', '-')})") from None
         gym.register_envs(importlib.import_module(spec.requires))
     kwargs = {"max_episode_steps": spec.max_episode_steps} if spec.max_episode_steps else {}
+    domain = domain_of(spec)
+    domain.prepare()
     if render_mode:
         kwargs["render_mode"] = render_mode
     try:
-        env = gym.make(spec.id, **kwargs)
+        env = gym.make(spec.id, **kwargs, **spec.kwargs)
     except gym.error.Error as e:
         raise UserError(f"--env: cannot make '{spec.id}': {e}") from None
     if not isinstance(env.action_space, gym.spaces.Box):
         raise UserError(f"--env {spec.id}: action space is {env.action_space}, wsrl needs a continuous Box")
+    env = domain.wrap(env, spec)
     if isinstance(env.observation_space, gym.spaces.Dict):
-        env = _FlattenDictObs(env)
+        env = _FlattenDictObs(env, spec)
     if not (np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)):
         env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
     return env

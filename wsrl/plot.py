@@ -86,28 +86,47 @@ def run_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, bool]
     return np.array(xs, dtype=float), np.array(ys, dtype=float), bool(offline)
 
 
-def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over runs on the union of their x within the range all of them cover."""
-    if len(curves) == 1:
-        x, y = curves[0]
-        return x, y, np.zeros_like(y)
+def common_grid(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the runs' x within the range all of them cover, and each run's y interpolated
+    onto it (one row per run)."""
     lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
     grid = np.unique(np.concatenate([c[0] for c in curves]))
     grid = grid[(grid >= lo) & (grid <= hi)]
     if len(grid) == 0:
         raise UserError("runs with one label do not overlap in steps; give them different --labels")
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs on their common grid."""
+    if len(curves) == 1:
+        x, y = curves[0]
+        return x, y, np.zeros_like(y)
+    grid, ys = common_grid(curves)
     return grid, ys.mean(0), ys.std(0)
 
 
 def _pick_metric(run_dirs: list[Path], metric: str) -> str:
+    """auto: the normalised score, else the success rate (adroit, kitchen), else the return."""
     if metric != "auto":
         return metric
-    for run in run_dirs:
-        path = run / "metrics.jsonl"
-        if path.is_file() and "eval/normalized_score" in path.read_text():
-            return "eval/normalized_score"
+    texts = [(run / "metrics.jsonl").read_text() for run in run_dirs if (run / "metrics.jsonl").is_file()]
+    for candidate in ("eval/normalized_score", "eval/success_rate"):
+        if any(candidate in text for text in texts):
+            return candidate
     return "eval/return"
+
+
+def pyplot(command: str):
+    """matplotlib's pyplot on the file-only Agg backend, or one line naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError(f"wsrl {command}: needs matplotlib (pip install 'wsrl[plot]')") from None
+    return plt
 
 
 def plot(cfg: PlotConfig) -> Path:
@@ -122,13 +141,7 @@ def plot(cfg: PlotConfig) -> Path:
     for run in run_dirs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run directory")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("wsrl plot: needs matplotlib (pip install 'wsrl[plot]')") from None
+    plt = pyplot("plot")
 
     metric = _pick_metric(run_dirs, cfg.metric)
     # A pretraining run given next to a fine-tuning run started from it is already in that curve.
@@ -155,6 +168,7 @@ def plot(cfg: PlotConfig) -> Path:
         ax.text(0, 1.01, " offline | online ", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("offline gradient steps (< 0)  |  online env steps (≥ 0)" if any_offline else "env steps")
     ax.set_ylabel({"eval/normalized_score": "normalised score (D4RL refs, ×100)",
+                   "eval/success_rate": "success rate (evaluation)",
                    "eval/return": "evaluation return"}.get(metric, metric))
     if cfg.title:
         ax.set_title(cfg.title, pad=14)

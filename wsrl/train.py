@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -29,6 +30,7 @@ from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
+from wsrl.recipes import pretrain_as
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,6 +77,16 @@ def with_env_defaults(cfg: RunConfig, spec: EnvSpec) -> RunConfig:
     if cfg.agent.sparse_reward is None:
         cfg = replace(cfg, agent=replace(cfg.agent, sparse_reward=spec.sparse_reward))
     return cfg
+
+
+def sparse_fail_reward(cfg: RunConfig, spec: EnvSpec) -> float | None:
+    """The scaled reward of an unsuccessful step, which Cal-QL's sparse return rule looks for."""
+    if not cfg.agent.sparse_reward:
+        return None
+    if spec.fail_reward is None:
+        raise UserError(f"--sparse-reward: {spec.name}'s suite spec gives no reward of an unsuccessful step "
+                        f"(fail_reward in envs/*.json), so failing episodes cannot be recognised")
+    return spec.fail_reward * cfg.reward_scale + cfg.reward_bias
 
 
 def seed_everything(seed: int) -> None:
@@ -215,17 +227,22 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         raise UserError(f"--bc-steps: must be >= 0, got {cfg.bc_steps}")
     if cfg.bc_steps and cfg.algo == "iql":
         raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
+    owner = pretrain_as(cfg.recipe)
+    if owner is None:
+        raise UserError(f"--recipe {cfg.recipe}: has no pretraining; run `wsrl finetune --recipe {cfg.recipe} --dataset ...`")
+    cfg = replace(cfg, recipe=owner)  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
+    fail_reward = sparse_fail_reward(cfg, spec)
     obs_dim, act_dim = env_dims(make_env(spec))
     data = read_data(cfg, spec, obs_dim, act_dim)
     seed_everything(cfg.seed)
     agent = build_agent(cfg, cfg.net, cfg.algo, obs_dim, act_dim, device)
     buffer = ReplayBuffer.from_offline(data, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
-                                       cfg.agent.sparse_reward, device, seed=cfg.seed)
+                                       fail_reward, device, seed=cfg.seed)
     start = 0
     if cfg.resume and list_checkpoints(cfg.resume):
         meta, model_state, state = load_checkpoint(cfg.resume)
@@ -274,6 +291,10 @@ def _finetune_inputs(cfg: FinetuneConfig):
     if not cfg.checkpoint:
         raise UserError("--checkpoint: no pretraining run given (or pass --from-scratch)")
     meta, model_state, state = load_checkpoint(cfg.checkpoint)
+    trained_as = meta["config"].get("recipe", "wsrl")
+    if pretrain_as(cfg.recipe) != trained_as:
+        raise UserError(f"--recipe {cfg.recipe}: fine-tunes a {pretrain_as(cfg.recipe) or 'no'} pretraining; the checkpoint "
+                        f"{cfg.checkpoint} was pretrained as {trained_as} (to change only the online loss, pass --online-algo)")
     if meta["env_id"] != resolve_env(cfg.env).id:
         raise UserError(f"--env {cfg.env}: the checkpoint {cfg.checkpoint} was trained on {meta['env_id']}")
     saved_net = NetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"]["net"].items()})
@@ -282,6 +303,20 @@ def _finetune_inputs(cfg: FinetuneConfig):
             raise UserError(f"--{name.replace('_', '-')} {value}: does not fit the checkpoint "
                             f"{cfg.checkpoint}, which has {getattr(saved_net, name)}")
     return meta, model_state, state
+
+
+def first_update_step(cfg: FinetuneConfig, spec: EnvSpec) -> int:
+    """Updates start after this many env steps: the warmup, and as in the release not before the
+    buffer holds one batch of online rows, nor (sampling finished episodes only, Cal-QL) before
+    every env has run one time limit, so that each has finished an episode."""
+    online_rows = cfg.batch_size - (round(cfg.offline_ratio * cfg.batch_size / cfg.utd) * cfg.utd if cfg.dataset else 0)
+    start = max(cfg.warmup_steps, online_rows)
+    if cfg.sample_finished_episodes:
+        time_limit = spec.max_episode_steps or gym.spec(spec.id).max_episode_steps
+        if not time_limit:
+            raise UserError(f"--sample-finished-episodes: {spec.id} has no time limit, so episodes may never end")
+        start = max(start, time_limit * cfg.num_envs)
+    return start
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, float]:
@@ -302,6 +337,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
+    fail_reward = sparse_fail_reward(cfg, spec)
     venv = make_vector_env(spec, cfg.num_envs)
     obs_dim, act_dim = env_dims(venv)
     if meta is not None and (meta["obs_dim"], meta["act_dim"]) != (obs_dim, act_dim):
@@ -314,12 +350,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if model_state is not None:
         load_learner_state(agent, model_state, state, f"checkpoint {cfg.resume or cfg.checkpoint}")
     buffer = ReplayBuffer(cfg.buffer_capacity, obs_dim, act_dim, device, seed=cfg.seed)
-    writer = BufferWriter(buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount)
+    writer = BufferWriter(buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount, fail_reward)
     collector = Collector(venv, seed=cfg.seed)
     offline = None
     if data is not None:
         offline = ReplayBuffer.from_offline(data, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
-                                            cfg.agent.sparse_reward, device, seed=cfg.seed + 1)
+                                            fail_reward, device, seed=cfg.seed + 1)
     uniform = np.random.default_rng(cfg.seed)
     counters = {"env_steps": 0, "updates": 0, "episodes": 0}
     if meta is not None and meta["kind"] == "finetune":
@@ -342,6 +378,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     update = make_update(agent, cfg, device)
     actor = agent.model.actor
     minibatch = cfg.batch_size // cfg.utd
+    update_start = first_update_step(cfg, spec)
+    uniform_warmup = cfg.warmup_actions == "uniform" or (cfg.warmup_actions is None and cfg.from_scratch)
 
     def save(step: int) -> None:
         loop.save(step, {"buffer": buffer.state_dict(), "writer": writer.state_dict(),
@@ -356,7 +394,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     while counters["env_steps"] < cfg.steps:
         before = counters["env_steps"]
         in_warmup = before < cfg.warmup_steps
-        if in_warmup and cfg.from_scratch:
+        if in_warmup and uniform_warmup:
             actions = uniform.uniform(-1.0, 1.0, size=(cfg.num_envs, act_dim)).astype(np.float32)
         else:
             actions = policy_actions(actor, collector.obs, device, deterministic=False)
@@ -364,16 +402,19 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         writer(transitions)
         counters["env_steps"] += len(transitions)
         now = counters["env_steps"]
-        for episode_return, length in finished:
+        for episode in finished:
             counters["episodes"] += 1
-            ep = {"train/episode_return": episode_return, "train/episode_length": float(length)}
-            score = normalized_score(spec, episode_return)
+            ep = {"train/episode_return": episode.episode_return, "train/episode_length": float(episode.length)}
+            score = normalized_score(spec, episode.episode_return)
             if score is not None:
                 ep["train/normalized_score"] = score
+            if episode.success is not None:
+                ep["train/success"] = episode.success
             logger.log(now, ep, "online")
         # One update (utd critic steps + one actor step) per env step after the warmup.
-        for _ in range(max(0, now - max(before, cfg.warmup_steps))):
-            metrics = update(sample_mixed(buffer, offline, cfg.utd, minibatch, cfg.offline_ratio))
+        for _ in range(max(0, now - max(before, update_start))):
+            metrics = update(sample_mixed(buffer, offline, cfg.utd, minibatch, cfg.offline_ratio,
+                                          cfg.sample_finished_episodes, concatenate=cfg.net.release_exact))
             counters["updates"] += 1
             loop.guard.track(metrics, now)  # reported as the env step
         if loop.crossed(cfg.log_every, before, now) or now >= cfg.steps:

@@ -25,6 +25,7 @@ class ReplayBuffer:
         self.ptr = 0
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self._finished: torch.Tensor | None = None  # slots whose episode has ended; None = recompute
 
     def __len__(self) -> int:
         return self.size
@@ -36,6 +37,8 @@ class ReplayBuffer:
     def add(self, **columns: np.ndarray | torch.Tensor) -> np.ndarray:
         """Insert a batch of transitions (all columns but ``mc_returns`` required); returns their slots."""
         n = len(columns["rewards"])
+        if self.size + n > self.capacity:
+            self._finished = None  # finished slots are being overwritten
         slots = (np.arange(n) + self.ptr) % self.capacity
         idx = torch.as_tensor(slots, device=self.device)
         columns.setdefault("mc_returns", np.full(n, -np.inf, dtype=np.float32))
@@ -45,13 +48,24 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
         return slots
 
-    def sample(self, *shape: int) -> dict[str, torch.Tensor]:
-        idx = torch.randint(0, self.size, shape, device=self.device, generator=self.generator)
+    def sample(self, *shape: int, finished_only: bool = False) -> dict[str, torch.Tensor]:
+        """Uniform with replacement; ``finished_only``: among the transitions whose episode has
+        ended (Cal-QL's online rule: their Monte-Carlo returns are known)."""
+        if not finished_only:
+            idx = torch.randint(0, self.size, shape, device=self.device, generator=self.generator)
+            return {k: v[idx] for k, v in self.storage.items()}
+        if self._finished is None:
+            self._finished = torch.isfinite(self.storage["mc_returns"][: self.size]).nonzero()[:, 0]
+        if len(self._finished) == 0:
+            raise ValueError("no episode has ended yet: nothing to sample with finished_only")
+        pick = torch.randint(0, len(self._finished), shape, device=self.device, generator=self.generator)
+        idx = self._finished[pick]
         return {k: v[idx] for k, v in self.storage.items()}
 
     def set_mc_returns(self, slots: np.ndarray, values: np.ndarray) -> None:
         idx = torch.as_tensor(slots, device=self.device)
         self.storage["mc_returns"][idx] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+        self._finished = None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {k: v[: self.size] for k, v in self.storage.items()}
@@ -66,6 +80,7 @@ class ReplayBuffer:
         for k, store in self.storage.items():
             store[:size] = state[k].to(self.device)
         self.size, self.ptr = size, int(state["_ptr"])
+        self._finished = None
         self.set_sampler_state(state["_generator"])
 
     def set_sampler_state(self, state: torch.Tensor) -> None:
@@ -79,27 +94,34 @@ class ReplayBuffer:
 
     @classmethod
     def from_offline(cls, data: OfflineData, reward_scale: float, reward_bias: float, discount: float,
-                     sparse_reward: bool, device: torch.device | str, seed: int = 0,
+                     sparse_fail_reward: float | None, device: torch.device | str, seed: int = 0,
                      capacity: int | None = None) -> ReplayBuffer:
-        """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from them."""
+        """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from
+        them (``sparse_fail_reward``: the scaled reward of an unsuccessful step on sparse tasks)."""
         rewards = data.rewards * reward_scale + reward_bias
-        # Sparse tasks have two reward levels; the lower one is what a failing step earns.
-        fail = float(rewards.min()) if sparse_reward and len(rewards) else None
         buf = cls(capacity or len(data), data.observations.shape[1], data.actions.shape[1], device, seed)
         buf.add(observations=data.observations, actions=data.actions, rewards=rewards,
                 next_observations=data.next_observations, masks=1.0 - data.terminals.astype(np.float32),
-                mc_returns=returns_to_go(rewards, data.episode_ends, discount, fail))
+                mc_returns=returns_to_go(rewards, data.episode_ends, discount, sparse_fail_reward))
         return buf
 
 
 def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, utd: int, minibatch: int,
-                 offline_ratio: float) -> dict[str, torch.Tensor]:
+                 offline_ratio: float, finished_only: bool = False, concatenate: bool = False) -> dict[str, torch.Tensor]:
     """[utd, minibatch] transitions; exactly round(offline_ratio * minibatch) of each minibatch
-    (so of the whole batch) come from the offline data."""
+    (so of the whole batch) come from the offline data. ``concatenate`` builds the batch as the
+    release does instead: int(offline_ratio * batch) offline rows after the online ones, then split
+    into minibatches, so some minibatches are online-only and others offline-only."""
+    if concatenate:
+        n_offline = int(offline_ratio * utd * minibatch) if offline is not None else 0
+        parts = [online.sample(utd * minibatch - n_offline, finished_only=finished_only)]
+        if n_offline:
+            parts.append(offline.sample(n_offline))
+        return {k: torch.cat([p[k] for p in parts]).view(utd, minibatch, *parts[0][k].shape[1:]) for k in parts[0]}
     n_offline = round(offline_ratio * minibatch) if offline is not None else 0
     if n_offline == 0:
-        return online.sample(utd, minibatch)
+        return online.sample(utd, minibatch, finished_only=finished_only)
     if n_offline == minibatch:
         return offline.sample(utd, minibatch)
-    off, on = offline.sample(utd, n_offline), online.sample(utd, minibatch - n_offline)
+    off, on = offline.sample(utd, n_offline), online.sample(utd, minibatch - n_offline, finished_only=finished_only)
     return {k: torch.cat([off[k], on[k]], dim=1) for k in on}

@@ -2,12 +2,14 @@
 
 Everything becomes an ``OfflineData`` of transitions with ``terminals`` (the MDP ended:
 no bootstrap) kept apart from ``timeouts`` (the episode was cut: bootstrap, but a new
-trajectory starts next). Rewards stay raw here; reward scale/bias are applied once, when the
-data goes into a replay buffer.
+trajectory starts next), then the env's domain maps upstream layouts onto the env
+(``wsrl.domains``: antmaze coordinates, adroit's binary reward, kitchen's terminals). Rewards stay
+raw here; reward scale/bias are applied once, when the data goes into a replay buffer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -16,10 +18,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from wsrl.envs import EnvSpec, flatten_obs
+from wsrl.domains import domain_of, flatten_sorted
+from wsrl.envs import EnvSpec
 from wsrl.errors import UserError
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
+SUCCESS_KEYS = ("infos/success", "infos/goal_achieved")
+"""HDF5 columns holding each row's success as its own step reported it (Minari/Gymnasium-Robotics, mj_envs)."""
+WSRL_COLLECT_MARK = "metadata/wsrl_version"
+"""Written by `wsrl collect` into its HDF5 files: such a file is already in its env's conventions."""
+WSRL_COLLECT_ALGORITHM = "wsrl collect"
+"""The algorithm name `wsrl collect` gives its Minari datasets, for the same purpose."""
 ACTION_TOLERANCE = 1e-3
 """Dataset actions up to this far outside the env's bounds are clipped with a warning; beyond, refused."""
 
@@ -32,9 +41,18 @@ class OfflineData:
     next_observations: np.ndarray  # float32 [N, obs_dim]
     terminals: np.ndarray  # bool [N]
     timeouts: np.ndarray  # bool [N]; True on the last kept transition of a cut episode
+    success: np.ndarray | None = None  # bool [N]: the step reached the task's goal, when recorded
+    layout: str = "d4rl"
+    """Whose conventions the rows follow: 'd4rl' (a D4RL-schema file), 'minari' (a Minari dataset)
+    or 'wsrl' (written by `wsrl collect` from a wsrl env: nothing to map)."""
 
     def __len__(self) -> int:
         return len(self.rewards)
+
+    def take(self, rows: np.ndarray) -> OfflineData:
+        """The transitions selected by ``rows`` (a boolean mask or indices), in order."""
+        cols = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return OfflineData(**{k: v[rows] if isinstance(v, np.ndarray) else v for k, v in cols.items()})
 
     @property
     def episode_ends(self) -> np.ndarray:
@@ -50,16 +68,21 @@ def d4rl_dataset_dir() -> Path:
 
 
 def load_dataset(source: str, spec: EnvSpec, download: bool = False) -> OfflineData:
-    """``source``: an HDF5 path, a D4RL name (or '' when --env is one), or ``minari:<id>``."""
+    """``source``: an HDF5 path, a D4RL name (or '' when --env is one), or ``minari:<id>``;
+    returned in the conventions of ``spec``'s env."""
+    where = f"--dataset {source or spec.d4rl_name}"
+    domain = domain_of(spec)
     if source.startswith("minari:"):
-        return read_minari(source[len("minari:"):], download)
-    if not source:
+        data = read_minari(source[len("minari:"):], download, domain.flatten)
+    elif not source:
         if spec.d4rl_file is None:
             raise UserError("--dataset: no dataset given (an HDF5 file, a D4RL name or minari:<id>)")
-        return _read_d4rl_name(spec)
-    if Path(source).exists() or source.endswith((".hdf5", ".h5")):
-        return read_d4rl_hdf5(Path(source), spec.max_episode_steps)
-    return _read_d4rl_name(_d4rl_spec(source))
+        data = _read_d4rl_name(spec)
+    elif Path(source).exists() or source.endswith((".hdf5", ".h5")):
+        data = read_d4rl_hdf5(Path(source), spec.max_episode_steps)
+    else:
+        data = _read_d4rl_name(_d4rl_spec(source))
+    return domain.adapt(data, spec, where)
 
 
 def _read_d4rl_name(spec: EnvSpec) -> OfflineData:
@@ -95,6 +118,10 @@ def read_d4rl_hdf5(path: Path, max_episode_steps: int | None = None) -> OfflineD
             if missing:
                 raise UserError(f"--dataset {path}: missing required key(s) {', '.join(missing)}")
             cols = {k: np.asarray(f[k]) for k in (*D4RL_REQUIRED, "timeouts", "next_observations") if k in f}
+            success_key = next((k for k in SUCCESS_KEYS if k in f), None)
+            if success_key:
+                cols["success"] = np.asarray(f[success_key])
+            layout = "wsrl" if WSRL_COLLECT_MARK in f else "d4rl"
     except OSError as e:
         raise UserError(f"--dataset {path}: not a readable HDF5 file ({e})") from None
     lengths = {k: len(v) for k, v in cols.items()}
@@ -115,14 +142,15 @@ def read_d4rl_hdf5(path: Path, max_episode_steps: int | None = None) -> OfflineD
     else:
         timeouts = np.zeros(n, dtype=bool)
 
+    success = cols["success"].reshape(n).astype(bool) if "success" in cols else None
     if "next_observations" in cols:
-        return OfflineData(obs, actions, rewards, _matrix(cols["next_observations"]), terminals, timeouts)
+        return OfflineData(obs, actions, rewards, _matrix(cols["next_observations"]), terminals, timeouts, success, layout)
 
     keep = ~timeouts[:-1]
     # A kept transition ends its (cut) episode when the following step is a dropped timeout.
     cut = timeouts[1:] & ~terminals[:-1]
     return OfflineData(obs[:-1][keep], actions[:-1][keep], rewards[:-1][keep], obs[1:][keep],
-                       terminals[:-1][keep], cut[keep])
+                       terminals[:-1][keep], cut[keep], None if success is None else success[:-1][keep], layout)
 
 
 def _matrix(x: np.ndarray) -> np.ndarray:
@@ -143,8 +171,10 @@ def _timeouts_from_length(terminals: np.ndarray, max_episode_steps: int) -> np.n
     return timeouts
 
 
-def read_minari(dataset_id: str, download: bool) -> OfflineData:
-    """Minari episodes hold T+1 observations and T actions/rewards/terminations/truncations."""
+def read_minari(dataset_id: str, download: bool, flatten=flatten_sorted) -> OfflineData:
+    """Minari episodes hold T+1 observations and T actions/rewards/terminations/truncations; infos
+    (``success``) hold T+1 entries, the first from the reset. ``flatten`` turns dict observations
+    into the env's layout."""
     try:
         import minari
     except ImportError:
@@ -154,9 +184,9 @@ def read_minari(dataset_id: str, download: bool) -> OfflineData:
     except Exception as e:  # minari raises plain Exceptions/FileNotFoundError for unknown ids
         hint = "" if download else " (add --download to fetch it)"
         raise UserError(f"--dataset minari:{dataset_id}: cannot load ({e}){hint}") from None
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "act", "rew", "next", "term", "trunc", "success")}
     for ep in dataset.iterate_episodes():
-        obs = _matrix(flatten_obs(ep.observations, batched=True))
+        obs = _matrix(flatten(ep.observations, batched=True))
         t = len(ep.rewards)
         parts["obs"].append(obs[:-1])
         parts["next"].append(obs[1:])
@@ -168,10 +198,14 @@ def read_minari(dataset_id: str, download: bool) -> OfflineData:
         trunc[-1] |= not term[-1]
         parts["term"].append(term)
         parts["trunc"].append(trunc)
+        if ep.infos and "success" in ep.infos:
+            parts["success"].append(np.asarray(ep.infos["success"], dtype=bool).reshape(-1)[-t:])
     if not parts["rew"]:
         raise UserError(f"--dataset minari:{dataset_id}: holds no episodes")
-    cat = {k: np.concatenate(v) for k, v in parts.items()}
-    return OfflineData(cat["obs"], cat["act"], cat["rew"], cat["next"], cat["term"], cat["trunc"])
+    cat = {k: np.concatenate(v) for k, v in parts.items() if len(v) == len(parts["rew"])}
+    layout = "wsrl" if dataset.storage.metadata.get("algorithm_name") == WSRL_COLLECT_ALGORITHM else "minari"
+    return OfflineData(cat["obs"], cat["act"], cat["rew"], cat["next"], cat["term"], cat["trunc"],
+                       cat.get("success"), layout)
 
 
 def validate(data: OfflineData, obs_dim: int, act_dim: int, where: str) -> OfflineData:
@@ -199,15 +233,16 @@ def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, discount: float
     """Discounted Monte-Carlo return from each step to the end of its trajectory (Cal-QL's bound).
 
     ``rewards`` are the scaled rewards the critic is trained on. With ``sparse_fail_reward`` set
-    (sparse tasks), a trajectory whose every reward equals it never succeeded; its return-to-go is
-    the infinite-horizon value r/(1-gamma) at every step, as in the Cal-QL release, since the
-    truncated sum would understate how bad staying unsuccessful forever is.
+    (sparse tasks: the scaled reward of a step that has not succeeded), a trajectory whose every
+    reward equals it never succeeded; its return-to-go is the infinite-horizon value r/(1-gamma) at
+    every step, as in the Cal-QL release, since the truncated sum would understate how bad staying
+    unsuccessful forever is.
     """
     out = np.empty(len(rewards), dtype=np.float32)
     start = 0
     for end in np.flatnonzero(episode_ends):
         r = rewards[start:end + 1]
-        if sparse_fail_reward is not None and np.all(r == sparse_fail_reward):
+        if sparse_fail_reward is not None and np.allclose(r, sparse_fail_reward):
             out[start:end + 1] = sparse_fail_reward / (1.0 - discount)
         else:
             acc = 0.0

@@ -14,12 +14,18 @@ import numpy as np
 import torch
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.data.offline import returns_to_go
+from wsrl.domains import Task
 
 
 @torch.no_grad()
 def policy_actions(actor: torch.nn.Module, obs: np.ndarray, device: torch.device, deterministic: bool) -> np.ndarray:
-    """One batched forward for all envs; float64 env observations become float32 here."""
-    return actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+    """One batched forward for all envs; float64 env observations become float32 here. Dropout
+    (IQL's actor) is off when acting."""
+    was_training = actor.training
+    actor.eval()
+    actions = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device), deterministic).cpu().numpy()
+    actor.train(was_training)
+    return actions
 
 
 @dataclass
@@ -38,8 +44,18 @@ class Transitions:
         return len(self.env_ids)
 
 
+@dataclass
+class Episode:
+    """An episode that just ended: its raw return, its length and, for envs that report
+    ``info["success"]`` (wsrl.domains), the largest success of its steps."""
+
+    episode_return: float
+    length: int
+    success: float | None
+
+
 class Collector:
-    """Steps a vector env and tracks per-env episode returns; knows nothing of policies."""
+    """Steps a vector env and tracks per-env episode returns and success; knows nothing of policies."""
 
     def __init__(self, venv: gym.vector.VectorEnv, seed: int):
         self.venv = venv
@@ -48,27 +64,33 @@ class Collector:
         self.autoreset = np.zeros(self.num_envs, dtype=bool)
         self.episode_return = np.zeros(self.num_envs)
         self.episode_length = np.zeros(self.num_envs, dtype=np.int64)
+        self.episode_success = np.zeros(self.num_envs)
 
-    def step(self, actions: np.ndarray) -> tuple[Transitions, list[tuple[float, int]]]:
-        """Returns this step's transitions and the (return, length) of episodes that just ended."""
-        next_obs, rewards, terminated, truncated, _ = self.venv.step(actions)
+    def step(self, actions: np.ndarray) -> tuple[Transitions, list[Episode]]:
+        """Returns this step's transitions and the episodes that just ended."""
+        next_obs, rewards, terminated, truncated, info = self.venv.step(actions)
         valid = ~self.autoreset
         ids = np.flatnonzero(valid)
         tr = Transitions(ids, self.obs[valid], actions[valid], rewards[valid].astype(np.float32),
                          next_obs[valid], terminated[valid], truncated[valid])
         self.episode_return[valid] += rewards[valid]
         self.episode_length[valid] += 1
+        reports = "success" in info
+        if reports:
+            self.episode_success[valid] = np.maximum(self.episode_success[valid], info["success"][valid])
         ended = valid & (terminated | truncated)
-        finished = [(float(self.episode_return[i]), int(self.episode_length[i])) for i in np.flatnonzero(ended)]
+        finished = [Episode(float(self.episode_return[i]), int(self.episode_length[i]),
+                            float(self.episode_success[i]) if reports else None) for i in np.flatnonzero(ended)]
         self.episode_return[ended] = 0.0
         self.episode_length[ended] = 0
+        self.episode_success[ended] = 0.0
         self.autoreset = terminated | truncated
         self.obs = next_obs
         return tr, finished
 
     def state_dict(self) -> dict:
         state = {"obs": self.obs, "autoreset": self.autoreset, "episode_return": self.episode_return,
-                 "episode_length": self.episode_length}
+                 "episode_length": self.episode_length, "episode_success": self.episode_success}
         state["envs"] = [_env_state(env) for env in self.venv.envs]
         return state
 
@@ -85,6 +107,7 @@ class Collector:
         self.venv._autoreset_envs = self.autoreset.copy()  # the vector env's own next-step-reset flags
         self.episode_return = np.asarray(state["episode_return"], dtype=np.float64)
         self.episode_length = np.asarray(state["episode_length"], dtype=np.int64)
+        self.episode_success = np.asarray(state["episode_success"], dtype=np.float64)
         return True
 
 
@@ -96,12 +119,21 @@ def _time_limit(env: gym.Env) -> gym.wrappers.TimeLimit | None:
     return None
 
 
+def _has_task_wrapper(env: gym.Env) -> bool:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, Task):
+            return True
+        env = env.env
+    return False
+
+
 def _env_state(env: gym.Env) -> dict:
-    """Full MuJoCo integration state + RNG + time-limit counter, as arrays and JSON values."""
+    """Full MuJoCo integration state + RNG + time-limit counter, as arrays and JSON values; empty
+    for envs whose episode also depends on task state outside the simulator (wsrl.domains.Task)."""
     import mujoco
 
     u = env.unwrapped
-    if not hasattr(u, "model") or not isinstance(getattr(u, "data", None), mujoco.MjData):
+    if not hasattr(u, "model") or not isinstance(getattr(u, "data", None), mujoco.MjData) or _has_task_wrapper(env):
         return {}
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mj_state = np.empty(mujoco.mj_stateSize(u.model, spec))
@@ -125,10 +157,14 @@ def _set_env_state(env: gym.Env, state: dict) -> None:
 
 class BufferWriter:
     """Puts transitions into a replay buffer: rewards scaled once, mask = 1 - terminated (a
-    truncation still bootstraps), and each episode's Monte-Carlo returns filled in when it ends."""
+    truncation still bootstraps), and each episode's Monte-Carlo returns filled in when it ends,
+    with Cal-QL's sparse rule when ``sparse_fail_reward`` (the scaled reward of an unsuccessful
+    step) is given: an episode that never succeeds gets r/(1-gamma) at every step."""
 
-    def __init__(self, buffer: ReplayBuffer, num_envs: int, reward_scale: float, reward_bias: float, discount: float):
+    def __init__(self, buffer: ReplayBuffer, num_envs: int, reward_scale: float, reward_bias: float, discount: float,
+                 sparse_fail_reward: float | None = None):
         self.buffer, self.scale, self.bias, self.discount = buffer, reward_scale, reward_bias, discount
+        self.sparse_fail_reward = sparse_fail_reward
         self.pending: list[list[tuple[int, float]]] = [[] for _ in range(num_envs)]
 
     def __call__(self, tr: Transitions) -> None:
@@ -141,7 +177,8 @@ class BufferWriter:
                 slots, rews = zip(*self.pending[env])
                 ends = np.zeros(len(rews), dtype=bool)
                 ends[-1] = True
-                self.buffer.set_mc_returns(np.array(slots), returns_to_go(np.array(rews, dtype=np.float32), ends, self.discount))
+                mc = returns_to_go(np.array(rews, dtype=np.float32), ends, self.discount, self.sparse_fail_reward)
+                self.buffer.set_mc_returns(np.array(slots), mc)
                 self.pending[env] = []
 
     def state_dict(self) -> dict[str, np.ndarray]:

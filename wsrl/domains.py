@@ -1,0 +1,299 @@
+"""The sparse benchmark domains (antmaze, adroit, kitchen): what each changes about its env and data.
+
+One class per domain holds all of it, so a convention is defined once:
+
+- ``flatten``: the domain's observation layout, the same for env steps and dataset episodes;
+- ``wrap``: rewards and episode ends as the WSRL release uses them, converted from
+  Gymnasium-Robotics' values, and a uniform ``info["success"]`` in [0, 1] on every step.
+  Evaluation and the online loop only take its maximum over an episode (antmaze: the goal was
+  reached; adroit: the goal was achieved at some step; kitchen: the fraction of the 4 subtasks
+  solved, which only grows);
+- ``adapt``: an upstream dataset (a D4RL file, a Minari port) mapped onto that env, in the raw
+  reward convention of ``wrap`` (reward scale/bias are applied later, once, by the replay buffer),
+  or refused with a one-line reason.
+
+Datasets written by ``wsrl collect`` come from these wrapped envs and are left as they are.
+``docs/domains.md`` lists every difference from the paper's gym + d4rl + mj_envs stack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from typing import TYPE_CHECKING
+
+import gymnasium as gym
+import numpy as np
+
+from wsrl.errors import UserError
+
+if TYPE_CHECKING:
+    from wsrl.data.offline import OfflineData
+    from wsrl.envs import EnvSpec
+
+
+def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
+    """Dict observations concatenated in sorted key order (recursively); ``batched`` keeps a
+    leading time axis. The layout of dict-observation envs outside the domains below."""
+    if isinstance(obs, dict):
+        return np.concatenate([flatten_sorted(obs[k], batched) for k in sorted(obs)], axis=-1)
+    x = np.asarray(obs, dtype=np.float32)
+    return x.reshape(len(x), -1) if batched else x.reshape(-1)
+
+
+class Task(gym.Wrapper):
+    """Base of the domain wrappers: each step's reward, termination and success come from
+    ``convert``; time-limit truncations pass through untouched.
+
+    Their episodes depend on task state outside the MuJoCo integration state (the maze goal, the
+    pen's target, the kitchen's solved subtasks), so a resumed run starts them afresh rather than
+    restoring a simulator state that does not match."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "success": self.reset_success(obs)}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        reward, terminated, success = self.convert(obs, reward, terminated, info)
+        return obs, reward, terminated, truncated, {**info, "success": success}
+
+    def reset_success(self, obs) -> float:
+        return 0.0
+
+    def convert(self, obs, reward: float, terminated: bool, info: dict) -> tuple[float, bool, float]:
+        """(reward, terminated, success) of a step, from the env's own values."""
+        raise NotImplementedError
+
+
+class Domain:
+    """Locomotion and any other env: sorted-key dicts, the env's own rewards, data as stored."""
+
+    def prepare(self) -> None:
+        """Runs before the env is built."""
+
+    def flatten(self, obs, batched: bool = False) -> np.ndarray:
+        return flatten_sorted(obs, batched)
+
+    def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
+        return env
+
+    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
+        return data
+
+
+class AntMaze(Domain):
+    """D4RL's antmaze tasks on Gymnasium-Robotics' AntMaze: fixed start and goal cells, 0/1 reward.
+
+    The suite spec draws D4RL's evaluation map with its rows reversed: Gymnasium-Robotics' y axis
+    points up the map where D4RL's points down it, so the reversed map rebuilds D4RL's maze up to
+    a translation, ``d4rl_xy_offset`` (where D4RL's origin, the start cell's centre, lies). Minari's
+    medium and large ports were recorded in D4RL's map drawn as it is, i.e. D4RL's maze mirrored;
+    the ``*-minari`` suite envs are that maze, with D4RL's start and goal cells.
+    """
+
+    SUCCESS_RADIUS = 0.5
+    """D4RL's goal radius (Gymnasium-Robotics uses 0.45): reward 1 and the episode ends within it."""
+    WALL_TOLERANCE = 1e-3
+    """Fraction of x-y positions allowed inside walls before a dataset is refused as another maze's."""
+
+    def prepare(self) -> None:
+        # v4 on purpose: v5's Ant observation adds contact forces; D4RL's and Minari's data are v4's.
+        warnings.filterwarnings("ignore", message=r".*AntMaze_\w+-v4 is out of date", category=DeprecationWarning)
+
+    def flatten(self, obs, batched: bool = False) -> np.ndarray:
+        # D4RL's 29 numbers: torso x-y first, then the other 27 (qpos[2:15], qvel[:14]). The goal
+        # is left out as in D4RL's evaluation envs and the release: it is fixed per task.
+        return np.concatenate([flatten_sorted(obs["achieved_goal"], batched),
+                               flatten_sorted(obs["observation"], batched)], axis=-1)
+
+    def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
+        return _AntMazeTask(env, self.SUCCESS_RADIUS)
+
+    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
+        maze = _maze(spec)
+        if data.layout == "d4rl":
+            if spec.d4rl_xy_offset is None:
+                raise UserError(f"{where}: {spec.name} has no D4RL maze offset in its suite spec; "
+                                f"a D4RL file cannot be placed in this maze")
+            offset = np.asarray(spec.d4rl_xy_offset, dtype=np.float32)
+            data = dataclasses.replace(data, observations=_shift_xy(data.observations, offset),
+                                       next_observations=_shift_xy(data.next_observations, offset))
+        inside = _in_walls(maze, data.observations[:, :2]) | _in_walls(maze, data.next_observations[:, :2])
+        if inside.mean() > self.WALL_TOLERANCE:
+            frame = f"after D4RL's offset {tuple(spec.d4rl_xy_offset)}" if data.layout == "d4rl" else "as stored"
+            raise UserError(f"{where}: {inside.mean():.1%} of the ant's x-y positions ({frame}) lie in walls or "
+                            f"outside {spec.name}'s maze; not a dataset of this maze (docs/domains.md lists the env "
+                            f"each D4RL file and Minari port needs)")
+        if data.layout == "minari":
+            # Minari's ports were recorded as continuing tasks towards per-episode goals (radius
+            # 0.45). D4RL's files reward the fixed evaluation goal and mark those steps terminal;
+            # the Minari rows are relabelled the same way, for the goal cell's centre.
+            goal = np.asarray(maze.unique_goal_locations[0], dtype=np.float32)
+            success = np.linalg.norm(data.next_observations[:, :2] - goal, axis=1) <= self.SUCCESS_RADIUS
+            data = dataclasses.replace(data, rewards=success.astype(np.float32), terminals=success,
+                                       timeouts=data.timeouts & ~success, success=success)
+        return data
+
+
+class _AntMazeTask(Task):
+    def __init__(self, env: gym.Env, radius: float):
+        super().__init__(env)
+        self.radius = radius
+
+    def _success(self, obs) -> bool:
+        return bool(np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]) <= self.radius)
+
+    def reset_success(self, obs) -> float:
+        return float(self._success(obs))
+
+    def convert(self, obs, reward, terminated, info):
+        # Gymnasium-Robotics' own termination (radius 0.45) always comes with this one.
+        success = self._success(obs)
+        return float(success), success, float(success)
+
+
+def _maze(spec: EnvSpec):
+    from wsrl.envs import make_env
+
+    env = make_env(spec)
+    maze = env.unwrapped.maze
+    env.close()
+    return maze
+
+
+def _shift_xy(obs: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    out = obs.copy()
+    out[:, :2] += offset
+    return out
+
+
+def _in_walls(maze, xy: np.ndarray) -> np.ndarray:
+    """True where an x-y position lies in a wall cell or outside the maze (Gymnasium-Robotics'
+    ``cell_xy_to_rowcol``, vectorised)."""
+    walls = np.array([[cell == 1 for cell in row] for row in maze.maze_map])
+    i = np.floor((maze.y_map_center - xy[:, 1]) / maze.maze_size_scaling).astype(int)
+    j = np.floor((xy[:, 0] + maze.x_map_center) / maze.maze_size_scaling).astype(int)
+    outside = (i < 0) | (i >= walls.shape[0]) | (j < 0) | (j >= walls.shape[1])
+    return outside | walls[i.clip(0, walls.shape[0] - 1), j.clip(0, walls.shape[1] - 1)]
+
+
+class Adroit(Domain):
+    """Cal-QL's binary adroit tasks: reward -1 until the goal is achieved, 0 on achieving steps.
+
+    Gymnasium-Robotics' AdroitHand envs (dense, or 10 / -0.1 in the *Sparse variants) never end
+    an episode; online, it ends at the first step that achieves the goal (the release's
+    ``AdroitTerminalWrapper``).
+    """
+
+    def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
+        return _AdroitTask(env)
+
+    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
+        """The release's ``adroit_binary_dataset.py`` rules: every achieving step is terminal, each
+        trajectory is cut after its last achieving step, trajectories that never achieve it go."""
+        if data.layout == "wsrl":
+            return data
+        if data.success is None:
+            raise UserError(f"{where}: adroit's binary reward needs each step's success (Minari's infos/success, "
+                            f"or infos/success or infos/goal_achieved in an HDF5 file); this dataset has none. "
+                            f"D4RL's adroit files do not record it: use the Minari port (see docs/domains.md)")
+        success = data.success.astype(bool)
+        keep = np.zeros(len(success), dtype=bool)
+        start = 0
+        for end in np.flatnonzero(data.episode_ends):
+            hits = np.flatnonzero(success[start:end + 1])
+            if len(hits):
+                keep[start:start + hits[-1] + 1] = True
+            start = end + 1
+        if not keep.any():
+            raise UserError(f"{where}: no trajectory achieves the goal; the binary adroit data keeps only those that do")
+        data = dataclasses.replace(data, rewards=np.where(success, 0.0, -1.0).astype(np.float32), terminals=success,
+                                   timeouts=data.timeouts & ~success)
+        return data.take(keep)
+
+
+class _AdroitTask(Task):
+    def convert(self, obs, reward, terminated, info):
+        success = bool(info["success"])
+        return 0.0 if success else -1.0, terminated or success, float(success)
+
+
+class Kitchen(Domain):
+    """FrankaKitchen with D4RL's observation and the release's cumulative reward.
+
+    Gymnasium-Robotics rewards each subtask once, on the step it is solved; the release (and
+    D4RL's and Minari's kitchen data) rewards the number of subtasks solved so far, and the
+    episode ends when all are solved.
+    """
+
+    def flatten(self, obs, batched: bool = False) -> np.ndarray:
+        # D4RL's 60 numbers: robot joint positions (9), object positions (21), and the 30-number
+        # goal (zero except the task's subtasks). Gymnasium-Robotics' observation also holds the
+        # velocities (robot qpos 9, robot qvel 9, object qpos 21, object qvel 20); D4RL had none.
+        from gymnasium_robotics.envs.franka_kitchen.kitchen_env import OBS_ELEMENT_INDICES
+
+        state = np.asarray(obs["observation"], dtype=np.float32)
+        if not batched:
+            state = state[None]
+        goal = np.zeros((len(state), 30), dtype=np.float32)
+        for task, value in obs["desired_goal"].items():
+            goal[:, OBS_ELEMENT_INDICES[task]] = np.asarray(value, dtype=np.float32).reshape(-1, len(OBS_ELEMENT_INDICES[task]))
+        flat = np.concatenate([state[:, :9], state[:, 18:39], goal], axis=1)
+        return flat if batched else flat[0]
+
+    def prepare(self) -> None:
+        _patch_kitchen_joint_reader()
+
+    def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
+        return _KitchenTask(env)
+
+    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
+        if data.layout == "wsrl":
+            return data
+        # D4RL's kitchen files never set terminals; the release ends an episode at reward 4.
+        solved = data.rewards >= len(spec.kwargs["tasks_to_complete"])
+        return dataclasses.replace(data, terminals=data.terminals | solved, timeouts=data.timeouts & ~solved)
+
+
+class _KitchenTask(Task):
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.num_tasks = len(env.unwrapped.goal)
+
+    def convert(self, obs, reward, terminated, info):
+        solved = len(info["episode_task_completions"])
+        return float(solved), terminated, solved / self.num_tasks
+
+
+@functools.cache
+def _patch_kitchen_joint_reader() -> None:
+    """Let FrankaKitchen-v1 run under MuJoCo 4.
+
+    gymnasium-robotics 1.4.2 reads the robot's joints with ``get_joint_qpos``, which asserts
+    ``model.jnt_type[j] in (mjtJoint.mjJNT_HINGE, mjtJoint.mjJNT_SLIDE)``. In MuJoCo 4.0 a
+    ``mjtJoint`` member compares unequal to a numpy integer from its own side, so the ``in`` test
+    fails and the env cannot be built. The kitchen robot reads its observation through
+    ``franka_env.robot_get_obs``; this replaces that one function with the same read done on plain
+    integers (the Franka's 9 joints are hinges and slides: one qpos and one qvel each).
+    """
+    import mujoco
+    from gymnasium_robotics.envs.franka_kitchen import franka_env
+
+    one_dof = (int(mujoco.mjtJoint.mjJNT_HINGE), int(mujoco.mjtJoint.mjJNT_SLIDE))
+
+    def robot_get_obs(model, data, joint_names):
+        ids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name) for name in joint_names if name.startswith("robot")]
+        if not all(int(model.jnt_type[j]) in one_dof for j in ids):
+            raise RuntimeError("FrankaKitchen: a robot joint is not a hinge or slide joint")
+        return data.qpos[model.jnt_qposadr[ids]].copy(), data.qvel[model.jnt_dofadr[ids]].copy()
+
+    franka_env.robot_get_obs = robot_get_obs
+
+
+DOMAINS: dict[str, Domain] = {"antmaze": AntMaze(), "adroit": Adroit(), "kitchen": Kitchen()}
+
+
+def domain_of(spec: EnvSpec) -> Domain:
+    return DOMAINS.get(spec.domain, Domain())
