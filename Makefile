@@ -19,11 +19,13 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(PY) -m pytest
 
-# Collect a medium Hopper dataset with the shipped policy, pretrain CQL, fine-tune with WSRL,
-# plot, print the score table (runs/demo/; about 10 min on 2 CPU cores). SEED=1 make demo ...
+# From the shipped CQL checkpoint, fine-tune with WSRL and without warmup side by side, plot both,
+# print hand-over / dip / final (runs/demo/; see docs/demo.md). SEED=1 make demo; PRETRAIN=1 make demo
+# collects data and pretrains the checkpoint first.
 SEED ?= 0
+PRETRAIN ?=
 demo: install
-	$(PY) scripts/demo.py --seed $(SEED)
+	$(PY) scripts/demo.py --seed $(SEED) $(if $(PRETRAIN),--pretrain)
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -10,11 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from wsrl import collect as collect_mod
 from wsrl.cli import main
-from wsrl.collect import CollectConfig, collect, shipped_policies
+from wsrl.collect import CollectConfig, collect
 from wsrl.data.offline import read_d4rl_hdf5
-from wsrl.envs import resolve_env
 from wsrl.errors import UserError
 
 
@@ -197,22 +195,6 @@ def test_policy_from_checkpoint_mixture_and_replay_buffer(tmp_path):
 
     with pytest.raises(UserError, match="trained on Hopper-v5"):
         collect(CollectConfig(env="Walker2d-v5", policy=(str(run),), steps=(10,), out=str(tmp_path / "w.hdf5")))
-
-
-@pytest.mark.parametrize("name", shipped_policies())
-def test_shipped_policies_load_and_act(name, tmp_path):
-    from importlib import resources
-
-    folder = resources.files("wsrl") / "policies" / name
-    info = collect_mod.shipped_policy_info(name)
-    assert {"env_id", "net", "obs_dim", "act_dim", "measured_return", "command"} <= set(info)
-    assert (folder / "actor.safetensors").stat().st_size < 1_000_000
-    spec = resolve_env(info["env_id"])
-    import torch
-
-    actor, desc = collect_mod.load_policy(name, spec, info["obs_dim"], info["act_dim"], torch.device("cpu"))
-    a = actor.act(torch.zeros(4, info["obs_dim"]), True)
-    assert a.shape == (4, info["act_dim"]) and torch.all(a.abs() <= 1)
 
 
 def test_cli_collect_help_lists_flags(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -35,4 +36,24 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    fsync(path.parent)
+
+
+def replace_dir(path: Path, build: Callable[[Path], object]) -> None:
+    """``build(tmp_folder)`` in a hidden folder beside ``path``, fsync it, then swap it in for
+    ``path`` (whose old contents are removed); a kill leaves at most hidden folders, never a
+    partial ``path``."""
+    path = Path(path)
+    tmp, old = (path.with_name(f".{path.name}.{what}-{os.getpid()}") for what in ("tmp", "old"))
+    try:
+        tmp.mkdir(parents=True)
+        build(tmp)
+        fsync_tree(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     fsync(path.parent)

@@ -122,6 +122,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
+def run_finished(run_dir: Path) -> bool:
+    """The run's newest checkpoint is at (or, with several envs per step, past) its --steps."""
+    config = Path(run_dir) / "config.json"
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints or not config.is_file():
+        return False
+    return int(checkpoints[-1].name.removeprefix("step_")) >= json.loads(config.read_text())["steps"]
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A run directory (its newest checkpoint) or a ``step_*`` folder."""
     path = Path(path)

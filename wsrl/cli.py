@@ -24,6 +24,10 @@ commands:
   finetune   online fine-tuning from a checkpoint (WSRL: warmup, fresh buffer, ensemble SAC)
   collect    roll out a policy (checkpoint, shipped, random) or a replay buffer -> D4RL HDF5 / Minari dataset
   plot       learning curves (normalised score vs steps, offline + online) of runs -> PNG
+  sweep      envs x methods x seeds as Ray tasks on this machine or a cluster; reruns skip finished runs
+  report     metrics per env x method, IQM/median/mean/optimality gap with bootstrap CIs -> Markdown, CSV, PNG
+  evaluate   return, normalised score (and success rate) of a run, checkpoint or shipped policy; --video
+  export     a run's deterministic actor as ONNX or a torch.export .pt2 file that runs without wsrl
 """
 
 
@@ -98,6 +102,55 @@ def parse_plot(args: list[str]):
     return tyro.cli(PlotConfig, args=args, prog="wsrl plot", config=(tyro.conf.OmitArgPrefixes,))
 
 
+def parse_sweep(args: list[str]):
+    from wsrl.config import SweepConfig
+
+    return tyro.cli(SweepConfig, args=args, prog="wsrl sweep", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def parse_report(args: list[str]):
+    from wsrl.config import ReportConfig
+
+    return tyro.cli(ReportConfig, args=args, prog="wsrl report", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _sweep(cfg) -> int:
+    from wsrl.sweep import sweep
+
+    return sweep(cfg)  # prints its own progress and summary; the exit status says whether every run finished
+
+
+def _report(cfg) -> None:
+    from wsrl.report import report
+
+    print(f"wsrl report: wrote {report(cfg)}")
+
+
+def parse_evaluate(args: list[str]):
+    from wsrl.config import EvaluateConfig
+
+    return tyro.cli(EvaluateConfig, args=args, prog="wsrl evaluate", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def parse_export(args: list[str]):
+    from wsrl.config import ExportConfig
+
+    _check_choice("--format", _peek(args, "--format"), ("onnx", "pt2", "policy"))
+    return tyro.cli(ExportConfig, args=args, prog="wsrl export", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _evaluate(cfg) -> None:
+    from wsrl.evaluate import evaluate_policy, summary_line
+
+    print(summary_line(cfg, evaluate_policy(cfg)))
+
+
+def _export(cfg) -> None:
+    from wsrl.policies import export
+
+    print(f"wsrl export: wrote {export(cfg)}")
+
+
 def _collect(cfg) -> None:
     from wsrl.collect import collect
 
@@ -115,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),
-                "collect": (parse_collect, _collect), "plot": (parse_plot, _plot)}
+                "collect": (parse_collect, _collect), "plot": (parse_plot, _plot),
+                "sweep": (parse_sweep, _sweep), "report": (parse_report, _report),
+                "evaluate": (parse_evaluate, _evaluate), "export": (parse_export, _export)}
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -132,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as e:
         print(f"wsrl {command}: training stopped: {e}; the last good checkpoint is kept", file=sys.stderr)
         return 3
+    if isinstance(result, int):
+        return result
     if result:
         print(f"wsrl {command}: done; final evaluation " + ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in result.items()))
     return 0

@@ -3,7 +3,7 @@
 A source is one of
 
 - ``random``: uniform actions in [-1, 1];
-- a shipped policy name (``hopper-medium``; see ``wsrl/policies/``);
+- a shipped policy name (``hopper-medium``; see ``wsrl/policies/``, loaded by ``wsrl.policies``);
 - a wsrl run directory or ``checkpoints/step_*`` folder (its actor is used);
 - ``replay:RUN_DIR``: the replay buffer of a `wsrl finetune` checkpoint, in insertion order (a
   "medium-replay" style dataset; no env steps are taken).
@@ -24,7 +24,6 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -36,104 +35,9 @@ from wsrl.config import CollectConfig
 from wsrl.data.offline import WSRL_COLLECT_ALGORITHM
 from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.policies import check_policy_env, load_policy
 
 COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
-POLICY_FILES = ("policy.json", "actor.safetensors")
-
-
-class RandomActor(torch.nn.Module):
-    """Uniform actions in [-1, 1]; has the actor interface (``act``) so it plugs in anywhere."""
-
-    def __init__(self, act_dim: int, seed: int = 0):
-        super().__init__()
-        self.act_dim = act_dim
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def act(self, obs: torch.Tensor, deterministic: bool = False) -> torch.Tensor:
-        shape = (*obs.shape[:-1], self.act_dim)
-        return (torch.rand(shape, generator=self.generator) * 2.0 - 1.0).to(obs.device)
-
-
-def shipped_policies() -> list[str]:
-    root = resources.files("wsrl") / "policies"
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "policy.json").is_file())
-
-
-def shipped_policy_info(name: str) -> dict:
-    """A shipped policy's policy.json: env id, obs/act sizes, net config, measured return, command."""
-    return json.loads((resources.files("wsrl") / "policies" / name / "policy.json").read_text())
-
-
-def _actor_from_weights(net: dict, obs_dim: int, act_dim: int, weights: dict[str, torch.Tensor], where: str):
-    from wsrl.config import NetConfig, from_dict
-    from wsrl.nets import Actor
-
-    actor = Actor(obs_dim, act_dim, from_dict(NetConfig, net, where))
-    try:
-        actor.load_state_dict(weights)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{where}: actor weights do not fit this wsrl version ({first[-1].strip() if first else e})") from None
-    return actor.eval()
-
-
-def load_policy(source: str, spec: EnvSpec, obs_dim: int, act_dim: int, device: torch.device, seed: int = 0):
-    """An object with ``act(obs, deterministic)`` for ``random``, a shipped name or a run/checkpoint dir,
-    and a description of it for the metadata."""
-    if source == "random":
-        return RandomActor(act_dim, seed), {"kind": "random"}
-    if source in shipped_policies():
-        from safetensors.torch import load_file
-
-        folder = resources.files("wsrl") / "policies" / source
-        info = shipped_policy_info(source)
-        _check_policy_env(source, info["env_id"], info["obs_dim"], info["act_dim"], spec, obs_dim, act_dim)
-        with resources.as_file(folder / "actor.safetensors") as path:
-            weights = load_file(path)
-        actor = _actor_from_weights(info["net"], obs_dim, act_dim, weights, f"--policy {source}")
-        return actor.to(device), {"kind": "shipped", "name": source, "measured_return": info.get("measured_return")}
-    if Path(source).exists():
-        from wsrl.checkpoint import find_checkpoint, load_checkpoint
-
-        meta, model_state, _ = load_checkpoint(source)
-        _check_policy_env(source, meta["env_id"], meta["obs_dim"], meta["act_dim"], spec, obs_dim, act_dim)
-        weights = {k[len("actor."):]: v for k, v in model_state.items() if k.startswith("actor.")}
-        actor = _actor_from_weights(meta["config"]["net"], obs_dim, act_dim, weights, f"--policy {source}")
-        return actor.to(device), {"kind": "checkpoint", "path": str(find_checkpoint(source)), "step": meta["step"],
-                                  "run_kind": meta["kind"]}
-    known = ", ".join(["random", *shipped_policies()])
-    raise UserError(f"--policy {source}: not a shipped policy ({known}), an existing run/checkpoint directory, "
-                    f"or replay:RUN_DIR")
-
-
-def _check_policy_env(source: str, env_id: str, p_obs: int, p_act: int, spec: EnvSpec, obs_dim: int, act_dim: int) -> None:
-    if env_id != spec.id:
-        raise UserError(f"--policy {source}: was trained on {env_id}, not {spec.id}")
-    if (p_obs, p_act) != (obs_dim, act_dim):
-        raise UserError(f"--policy {source}: has obs/action sizes {p_obs}/{p_act}, {spec.id} has {obs_dim}/{act_dim}")
-
-
-def export_policy(checkpoint: str | Path, out_dir: str | Path, measured: dict, command: str, note: str = "") -> Path:
-    """Write a checkpoint's actor alone (safetensors) + ``policy.json`` into ``out_dir``: what ships
-    in ``wsrl/policies/<name>/``."""
-    from safetensors.torch import save_file
-
-    from wsrl.checkpoint import find_checkpoint, load_checkpoint
-
-    meta, model_state, _ = load_checkpoint(checkpoint)
-    weights = {k[len("actor."):]: v.contiguous() for k, v in model_state.items() if k.startswith("actor.")}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"env_id": meta["env_id"], "obs_dim": meta["obs_dim"], "act_dim": meta["act_dim"],
-            "net": meta["config"]["net"], "trained_steps": meta["step"], "wsrl_version": meta["wsrl_version"],
-            "source_checkpoint": str(find_checkpoint(checkpoint)), "command": command, **measured}
-    if note:
-        info["note"] = note
-    atomic_write(out / "actor.safetensors", lambda tmp: save_file(weights, tmp))
-    atomic_write(out / "policy.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1) + "\n"))
-    return out
 
 
 @dataclass
@@ -228,7 +132,7 @@ def replay_episodes(run_dir: str, steps: int, spec: EnvSpec, obs_dim: int, act_d
     where = f"--policy replay:{run_dir}"
     if meta["kind"] != "finetune" or "buffer" not in state:
         raise UserError(f"{where}: holds a {meta['kind']} checkpoint; a replay buffer comes from `wsrl finetune`")
-    _check_policy_env(f"replay:{run_dir}", meta["env_id"], meta["obs_dim"], meta["act_dim"], spec, obs_dim, act_dim)
+    check_policy_env(f"replay:{run_dir}", meta["env_id"], meta["obs_dim"], meta["act_dim"], spec, obs_dim, act_dim)
     cfg = meta["config"]
     if cfg.get("num_envs", 1) != 1:
         raise UserError(f"{where}: was trained with --num-envs {cfg['num_envs']}; episodes can only be recovered "

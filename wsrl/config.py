@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
 
@@ -21,6 +21,8 @@ OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
 RecipeName = Literal["wsrl", "wsrl-no-warmup", "wsrl-retain", "wsrl-append", "cql-finetune", "calql-finetune",
                      "iql-finetune", "rlpd"]
 """The named two-phase recipes in configs/ (tests/test_recipes.py checks this list against the files)."""
+ExportFormat = Literal["onnx", "pt2", "policy"]
+
 
 @dataclass
 class NetConfig:
@@ -282,6 +284,40 @@ class PlotConfig:
     """Figure title."""
 
 
+@dataclass
+class EvaluateConfig:
+    """Evaluate a trained policy under training's protocol: `wsrl evaluate RUN_OR_CHECKPOINT`."""
+
+    source: tyro.conf.Positional[str]
+    """A wsrl run directory (its newest checkpoint), a checkpoints/step_* folder, or a shipped policy name."""
+    episodes: int = 0
+    """Episodes, side by side; 0 takes the run's --eval-episodes (20 for a shipped policy)."""
+    sampled: bool = False
+    """Sample actions from the policy instead of the deterministic tanh(mean)."""
+    seed: int | None = None
+    """Episode i starts from seed + 1000 + i, as in training; default the run's --seed (0 for a shipped policy)."""
+    video: str = ""
+    """Also write the first episode to this .mp4 (needs wsrl[video] and MUJOCO_GL=osmesa or egl)."""
+    device: str = "cpu"
+    """Device the policy runs on."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+@dataclass
+class ExportConfig:
+    """Export a run's deterministic actor to run without wsrl: `wsrl export RUN --format onnx|pt2 --out FILE`."""
+
+    source: tyro.conf.Positional[str]
+    """A wsrl run directory (its newest checkpoint), a checkpoints/step_* folder, or a shipped policy name."""
+    format: ExportFormat = "onnx"
+    """onnx (needs wsrl[export]), pt2 (torch.export program), or policy (a shipped-policy folder for wsrl/policies/)."""
+    out: str = ""
+    """Output file (.onnx, .pt2) or, for --format policy, folder."""
+    overwrite: bool = False
+    """Replace an existing output."""
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
@@ -324,3 +360,47 @@ def merge(cfg: Any, overrides: dict, where: str) -> Any:
         else:
             data[key] = value
     return from_dict(type(cfg), data, where)
+
+
+@dataclass
+class SweepConfig:
+    """Run envs x methods x seeds as Ray tasks: `wsrl sweep SWEEP_FILE --out DIR` (docs/sweep.md)."""
+
+    file: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="SWEEP_FILE")] = ""
+    """Sweep file (.toml; .yaml/.yml with PyYAML); may be left out when --envs and --methods are given."""
+    out: str = ""
+    """Root of the run tree: DIR/<env>/<method>/seed<k>, pretraining under DIR/<env>/_pretrain/."""
+    envs: tuple[str, ...] = ()
+    """Envs to run, replacing the file's: NAME (an env of the file, a Gymnasium id or a D4RL name) or NAME=DATASET."""
+    methods: tuple[str, ...] = ()
+    """Methods to run, replacing the file's: a method of the file or a recipe name."""
+    seeds: tuple[int, ...] = ()
+    """Seeds to run, replacing the file's."""
+    pretrain_flags: str = ""
+    """Flags added to every pretraining run, over the file's; with =: --pretrain-flags="--steps 8000 --eval-every 1000"."""
+    finetune_flags: str = ""
+    """Flags added to every fine-tuning run, over the file's; with =: --finetune-flags="--steps 30000"."""
+    address: str = ""
+    """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
+    cpus_per_run: int = 1
+    """CPUs Ray reserves for each run; also the run's torch threads (--threads)."""
+    gpus_per_run: float = 0.0
+    """GPUs Ray reserves for each run (0.25: four runs share a GPU); 0 runs on CPU (--device cpu)."""
+    max_concurrent: int = 0
+    """At most this many runs at once; 0 = as many as the cluster's CPUs and GPUs fit."""
+    dry_run: bool = False
+    """Print each run's command (or that it is finished) and start nothing."""
+
+
+@dataclass
+class ReportConfig:
+    """Tables and figures of fine-tuning runs across envs, methods and seeds: `wsrl report DIR... --out REPORT/`."""
+
+    runs: Annotated[tyro.conf.Positional[tuple[str, ...]], tyro.conf.arg(metavar="DIR")]
+    """Sweep directories or run directories; searched for fine-tuning runs."""
+    out: str = "report"
+    """Output folder (report.md, CSV tables, PNG figures); a previous report there is replaced."""
+    resamples: int = 10_000
+    """Stratified bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap, so a report is reproducible."""

@@ -110,7 +110,7 @@ def _route_mujoco_warnings() -> None:
     mujoco.set_mju_user_warning(forward)
 
 
-def make_env(spec: EnvSpec) -> gym.Env:
+def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
     """A single env with the suite's kwargs, the domain's reward/episode/success conventions
     (wsrl.domains), flat float observations and actions rescaled to [-1, 1]."""
     _route_mujoco_warnings()
@@ -123,6 +123,8 @@ def make_env(spec: EnvSpec) -> gym.Env:
     kwargs = {"max_episode_steps": spec.max_episode_steps} if spec.max_episode_steps else {}
     domain = domain_of(spec)
     domain.prepare()
+    if render_mode:
+        kwargs["render_mode"] = render_mode
     try:
         env = gym.make(spec.id, **kwargs, **spec.kwargs)
     except gym.error.Error as e:
@@ -137,9 +139,12 @@ def make_env(spec: EnvSpec) -> gym.Env:
     return env
 
 
-def make_vector_env(spec: EnvSpec, num_envs: int) -> gym.vector.VectorEnv:
-    """``num_envs`` copies stepped together; Gymnasium's default next-step autoreset applies."""
-    return gym.vector.SyncVectorEnv([lambda: make_env(spec) for _ in range(num_envs)])
+def make_vector_env(spec: EnvSpec, num_envs: int, render_mode: str | None = None) -> gym.vector.VectorEnv:
+    """``num_envs`` copies stepped together; Gymnasium's default next-step autoreset applies.
+    ``render_mode`` applies to the first copy only: a video shows one episode, and rendering
+    every copy would cost ``num_envs`` times as much."""
+    return gym.vector.SyncVectorEnv([lambda i=i: make_env(spec, render_mode if i == 0 else None)
+                                     for i in range(num_envs)])
 
 
 def env_dims(env: gym.Env | gym.vector.VectorEnv) -> tuple[int, int]:

@@ -86,17 +86,23 @@ def run_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, bool]
     return np.array(xs, dtype=float), np.array(ys, dtype=float), bool(offline)
 
 
-def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over runs on the union of their x within the range all of them cover."""
-    if len(curves) == 1:
-        x, y = curves[0]
-        return x, y, np.zeros_like(y)
+def common_grid(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the runs' x within the range all of them cover, and each run's y interpolated
+    onto it (one row per run)."""
     lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
     grid = np.unique(np.concatenate([c[0] for c in curves]))
     grid = grid[(grid >= lo) & (grid <= hi)]
     if len(grid) == 0:
         raise UserError("runs with one label do not overlap in steps; give them different --labels")
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, np.stack([np.interp(grid, x, y) for x, y in curves])
+
+
+def aggregate(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs on their common grid."""
+    if len(curves) == 1:
+        x, y = curves[0]
+        return x, y, np.zeros_like(y)
+    grid, ys = common_grid(curves)
     return grid, ys.mean(0), ys.std(0)
 
 
@@ -111,6 +117,18 @@ def _pick_metric(run_dirs: list[Path], metric: str) -> str:
     return "eval/return"
 
 
+def pyplot(command: str):
+    """matplotlib's pyplot on the file-only Agg backend, or one line naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError(f"wsrl {command}: needs matplotlib (pip install 'wsrl[plot]')") from None
+    return plt
+
+
 def plot(cfg: PlotConfig) -> Path:
     if not cfg.runs:
         raise UserError("no run directories given (wsrl plot RUN_DIR... --out fig.png)")
@@ -123,13 +141,7 @@ def plot(cfg: PlotConfig) -> Path:
     for run in run_dirs:
         if not run.is_dir():
             raise UserError(f"{run}: no such run directory")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("wsrl plot: needs matplotlib (pip install 'wsrl[plot]')") from None
+    plt = pyplot("plot")
 
     metric = _pick_metric(run_dirs, cfg.metric)
     # A pretraining run given next to a fine-tuning run started from it is already in that curve.

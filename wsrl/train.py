@@ -26,6 +26,7 @@ from wsrl.data.offline import OfflineData, load_dataset, validate
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import DivergenceError, UserError
+from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
@@ -131,37 +132,6 @@ class DivergenceGuard:
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
                 raise DivergenceError(f"parameter {name} became NaN or Inf (found at step {step})")
-
-
-@torch.no_grad()
-def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, device: torch.device) -> dict[str, float]:
-    """Deterministic policy (tanh of the mean), unscaled rewards, on envs seeded seed + 1000 + i.
-
-    All episodes run side by side in one vector env with one batched forward per step; every
-    evaluation replays the same start states, so points on a curve are comparable.
-    """
-    venv = make_vector_env(spec, episodes)
-    obs, _ = venv.reset(seed=seed + 1000)
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    success = None  # per episode, the largest info["success"] of its steps (envs that report it, wsrl.domains)
-    was_training = actor.training
-    actor.eval()
-    while running.any():
-        actions = policy_actions(actor, obs, device, deterministic=True)
-        obs, rewards, terminated, truncated, info = venv.step(actions)
-        returns += rewards * running
-        if "success" in info:
-            success = np.maximum(0.0 if success is None else success, info["success"] * running)
-        running &= ~(terminated | truncated)
-    actor.train(was_training)
-    venv.close()
-    metrics = {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std())}
-    score = normalized_score(spec, metrics["eval/return"])
-    if score is not None:
-        metrics["eval/normalized_score"] = score
-    if success is not None:
-        metrics["eval/success_rate"] = float(success.mean())
-    return metrics
 
 
 def build_agent(cfg: RunConfig, net: NetConfig, algo: str, obs_dim: int, act_dim: int, device: torch.device) -> SAC:
