@@ -97,11 +97,13 @@ def _ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _alive_with(text: str) -> list[int]:
+def _session(sid: int) -> list[int]:
+    """The live processes of session ``sid``: the driver, Ray's processes and workers, the runs."""
     pids = []
     for proc in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+        with contextlib.suppress(OSError, IndexError):
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            if proc.name.isdigit() and int(fields[3]) == sid and fields[0] != "Z":
                 pids.append(int(proc.name))
     return pids
 
@@ -118,8 +120,8 @@ def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(t
     good = [f"{env}/{method}/seed{seed}" for env in ("pendulum", "invpend") for method in ("wsrl", "no-warmup") for seed in (0, 1)]
     pretrains = [f"{env}/_pretrain/wsrl/seed{seed}" for env in ("pendulum", "invpend") for seed in (0, 1)]
     with _ray_head() as address:
-        # First pass on a local Ray of its own; SIGKILL the driver's whole session as soon as a
-        # fine-tuning run has a checkpoint but is not finished.
+        # First pass on a local Ray of its own; SIGKILL every process of the driver's session (as a
+        # crash would) as soon as a fine-tuning run has a checkpoint but is not finished.
         cmd = [sys.executable, "-m", "wsrl.cli", "sweep", str(grid), "--out", str(out)]
         with open(tmp_path / "pass1.log", "w") as log:
             driver = subprocess.Popen(cmd, env=RAY_ENV, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
@@ -127,17 +129,19 @@ def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(t
             deadline, killed = time.monotonic() + 300, False
             while driver.poll() is None and time.monotonic() < deadline:
                 if any(list_checkpoints(out / run) and not finished(out / run) for run in good):
-                    os.killpg(driver.pid, signal.SIGKILL)
+                    for pid in _session(driver.pid):
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                     killed = True
                     break
                 time.sleep(0.02)
             driver.wait()
         assert killed, (tmp_path / "pass1.log").read_text()[-3000:]
-        for _ in range(100):  # the runs die with their Ray workers
-            if not _alive_with(str(out)):
+        for _ in range(100):
+            if not _session(driver.pid):
                 break
             time.sleep(0.1)
-        assert not _alive_with(str(out))
+        assert not _session(driver.pid)
         runs = good + pretrains
         done_before = {run: list_checkpoints(out / run)[-1].stat().st_mtime_ns for run in runs if finished(out / run)}
         logs = {run: (out / "_sweep/logs" / f"{run}.log").read_text() for run in runs if (out / "_sweep/logs" / f"{run}.log").exists()}
