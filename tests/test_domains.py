@@ -136,15 +136,15 @@ class _AntOnGoal(gym.Wrapper):
 def test_success_is_counted_exactly_when_the_env_reports_one(monkeypatch):
     """Evaluation: one of two episodes starts on the goal; the success rate is 0.5. Training: the
     collector reports the same episode as a success and the other as none when it ends."""
-    from wsrl import train
+    from wsrl import evaluate
 
     spec = dataclasses.replace(resolve_env(ANTMAZE), max_episode_steps=5)
 
-    def venv(spec_, n):
+    def venv(spec_, n, render_mode=None):
         return gym.vector.SyncVectorEnv([lambda: _AntOnGoal(make_env(spec_)), lambda: make_env(spec_)])
 
-    monkeypatch.setattr(train, "make_vector_env", venv)
-    metrics = train.evaluate(_Zero(8), spec, 2, seed=0, device=torch.device("cpu"))
+    monkeypatch.setattr(evaluate, "make_vector_env", venv)
+    metrics = evaluate.evaluate(_Zero(8), spec, 2, seed=0, device=torch.device("cpu"))
     assert metrics["eval/success_rate"] == 0.5 and metrics["eval/normalized_score"] == 50.0
 
     collector = Collector(venv(spec, 2), seed=0)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from wsrl.errors import UserError
+from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule
 
 Algo = Literal["cql", "calql", "iql"]
 OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
@@ -139,6 +140,20 @@ class RunConfig:
     """On CUDA, capture the whole per-step update as one CUDA graph (CUDA only; CPU has no graphs)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default (one per physical core). Use fewer when other busy processes share the cores."""
+    lr_schedule: Schedule = "constant"
+    """Learning rate over the updates, counted from the first (after the warmup): constant; rewarm (linear from
+    lr_warmup_start x lr to lr over lr_warmup_updates); wsd (rewarm, then linear decay to lr_final x lr over the
+    last lr_decay_fraction of the run's updates). Scales each optimizer's own lr (docs/dip.md)."""
+    lr_warmup_start: float = 0.0
+    """rewarm/wsd: the ramp's start, a fraction of the lr (update k of the ramp, from 1, is at start + (1 - start) k / lr_warmup_updates)."""
+    lr_warmup_updates: int = 1_000
+    """rewarm/wsd: updates of the linear ramp to the full lr (wsd: 0 = no ramp)."""
+    lr_decay_fraction: float = 0.2
+    """wsd: the last fraction of the run's updates over which the lr decays linearly."""
+    lr_final: float = 0.0
+    """wsd: the lr at the last update, as a fraction of the lr."""
+    lr_schedule_on: tuple[OptimizerName, ...] = OPTIMIZERS
+    """The optimizers the schedule applies to; the others keep their constant lr."""
 
 
 @dataclass
@@ -209,6 +224,9 @@ class FinetuneConfig(RunConfig):
     """Fraction of every batch drawn from the offline data (0 = WSRL)."""
     offline_append: bool = False
     """Put the offline data into the replay buffer before online training."""
+    actor_update_delay: int = 0
+    """Critic first: the first this many updates (after the warmup) train the critic and temperature only;
+    the actor's optimizer does not step. 0 = off."""
     sample_finished_episodes: bool = False
     """Sample only transitions of episodes that have ended (their Monte-Carlo returns are known), and wait
     one time limit of steps before the first update: the release's online Cal-QL."""

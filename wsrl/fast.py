@@ -133,12 +133,16 @@ def make_capturable(agent) -> None:
                 state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
-def make_update(agent, cfg: RunConfig, device: torch.device, behavior_cloning: bool = False) -> Update:
+def make_update(agent, cfg: RunConfig, device: torch.device, behavior_cloning: bool = False,
+                train_actor: bool = True) -> Update:
     """``agent.update`` with this run's fast-path settings: CPU threads and allocator, optional
     ``torch.compile`` (``--compile``), and on CUDA the whole update as one CUDA graph
-    (``--cuda-graph``, the default there). ``behavior_cloning`` selects the BC actor step (a graph
-    replays one fixed sequence of kernels, so each kind of update gets its own)."""
-    update: Update = functools.partial(agent.update, behavior_cloning=True) if behavior_cloning else agent.update
+    (``--cuda-graph``, the default there). ``behavior_cloning`` selects the BC actor step,
+    ``train_actor=False`` the update without an actor step (a graph replays one fixed sequence of
+    kernels, so each kind of update gets its own)."""
+    update: Update = agent.update
+    if behavior_cloning or not train_actor:
+        update = functools.partial(agent.update, behavior_cloning=behavior_cloning, train_actor=train_actor)
     if device.type == "cpu":
         configure_cpu(cfg.threads)
     if cfg.compile:

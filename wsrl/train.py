@@ -31,6 +31,7 @@ from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
 from wsrl.recipes import pretrain_as
+from wsrl.schedule import LrSchedule, check_schedule
 
 
 def resolve_device(name: str) -> torch.device:
@@ -138,8 +139,11 @@ def build_agent(cfg: RunConfig, net: NetConfig, algo: str, obs_dim: int, act_dim
     return AGENTS[algo](model, cfg.agent, net)
 
 
-def load_learner_state(agent: SAC, model_state: dict, state: dict, where: str) -> None:
-    """Weights and all optimizer states; shape mismatches become one clear error."""
+def load_learner_state(agent: SAC, model_state: dict, state: dict, where: str, resume: bool = False) -> None:
+    """Weights and all optimizer states; shape mismatches become one clear error. The learning
+    rates stay this run's lr tensors (a compiled or captured update reads those): a run started
+    from another's checkpoint keeps its own values, a resumed run (``resume``) takes the saved
+    ones, where its schedule stood."""
     own = agent.model.state_dict()
     for key, value in model_state.items():
         if key not in own:
@@ -155,7 +159,9 @@ def load_learner_state(agent: SAC, model_state: dict, state: dict, where: str) -
         lrs = [g["lr"] for g in opt.param_groups]
         load_optimizer_state(opt, state["optimizers"][name])
         for group, lr in zip(opt.param_groups, lrs):
-            group["lr"] = lr  # this run's learning rates, the checkpoint's moments
+            if resume:
+                lr.copy_(torch.as_tensor(group["lr"]))
+            group["lr"] = lr
 
 
 def learner_state(agent: SAC) -> dict:
@@ -199,6 +205,8 @@ class Loop:
     def log_metrics(self, step: int, metrics: dict[str, torch.Tensor], extra: dict[str, float], phase: str) -> None:
         self.guard.check(self.agent.model, step)
         values = {k: float(v) for k, v in metrics.items()}
+        for name in ("actor", "critic"):  # the lrs of the last update (scheduled or not)
+            values[f"train/lr_{name}"] = float(self.agent.optimizers[name].param_groups[0]["lr"])
         self.logger.log(step, {**values, **extra}, phase)
 
     def save(self, step: int, state: dict) -> Path:
@@ -227,6 +235,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         raise UserError(f"--bc-steps: must be >= 0, got {cfg.bc_steps}")
     if cfg.bc_steps and cfg.algo == "iql":
         raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
+    check_schedule(cfg)
     owner = pretrain_as(cfg.recipe)
     if owner is None:
         raise UserError(f"--recipe {cfg.recipe}: has no pretraining; run `wsrl finetune --recipe {cfg.recipe} --dataset ...`")
@@ -248,7 +257,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         meta, model_state, state = load_checkpoint(cfg.resume)
         if meta["kind"] != "pretrain":
             raise UserError(f"--resume {cfg.resume}: holds a {meta['kind']} run; use `wsrl {meta['kind']} --resume`")
-        load_learner_state(agent, model_state, state, f"--resume {cfg.resume}")
+        load_learner_state(agent, model_state, state, f"--resume {cfg.resume}", resume=True)
         buffer.set_sampler_state(state["sampler"])
         set_rng_state(state["rng"])
         start = meta["step"]
@@ -257,8 +266,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     loop = Loop(cfg, run_dir, spec, agent, device, meta, logger)
     update = make_update(agent, cfg, device)
     bc_update = make_update(agent, cfg, device, behavior_cloning=True) if cfg.bc_steps > start else None
+    schedule = LrSchedule(cfg, agent.optimizers, agent.base_lrs, total_updates=cfg.steps)
     t_log = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
+        schedule.apply(step - 1)
         metrics = (bc_update if step <= cfg.bc_steps else update)(buffer.sample(1, cfg.batch_size))
         loop.guard.track(metrics, step)
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -331,6 +342,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         raise UserError(f"--offline-ratio {cfg.offline_ratio}: must be in [0, 1]")
     if (cfg.offline_ratio > 0 or cfg.offline_append) and not cfg.dataset:
         raise UserError("--offline-ratio/--offline-append: need --dataset")
+    if cfg.actor_update_delay < 0:
+        raise UserError(f"--actor-update-delay {cfg.actor_update_delay}: must be at least 0")
+    check_schedule(cfg)
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
@@ -348,7 +362,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     seed_everything(cfg.seed)
     agent = build_agent(cfg, cfg.net, cfg.online_algo, obs_dim, act_dim, device)
     if model_state is not None:
-        load_learner_state(agent, model_state, state, f"checkpoint {cfg.resume or cfg.checkpoint}")
+        load_learner_state(agent, model_state, state, f"checkpoint {cfg.resume or cfg.checkpoint}",
+                           resume=meta["kind"] == "finetune")
     buffer = ReplayBuffer(cfg.buffer_capacity, obs_dim, act_dim, device, seed=cfg.seed)
     writer = BufferWriter(buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount, fail_reward)
     collector = Collector(venv, seed=cfg.seed)
@@ -376,9 +391,14 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     meta_out["pretrain_checkpoint"] = cfg.checkpoint
     loop = Loop(cfg, run_dir, spec, agent, device, meta_out, logger)
     update = make_update(agent, cfg, device)
+    # Critic first (--actor-update-delay): its own update function, chosen here by the host's
+    # counter, so neither kind of update holds a data-dependent branch (compile, CUDA graphs).
+    critic_first = (make_update(agent, cfg, device, train_actor=False)
+                    if cfg.actor_update_delay > counters["updates"] else None)
     actor = agent.model.actor
     minibatch = cfg.batch_size // cfg.utd
     update_start = first_update_step(cfg, spec)
+    schedule = LrSchedule(cfg, agent.optimizers, agent.base_lrs, total_updates=max(1, cfg.steps - update_start))
     uniform_warmup = cfg.warmup_actions == "uniform" or (cfg.warmup_actions is None and cfg.from_scratch)
 
     def save(step: int) -> None:
@@ -413,8 +433,10 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
             logger.log(now, ep, "online")
         # One update (utd critic steps + one actor step) per env step after the warmup.
         for _ in range(max(0, now - max(before, update_start))):
-            metrics = update(sample_mixed(buffer, offline, cfg.utd, minibatch, cfg.offline_ratio,
-                                          cfg.sample_finished_episodes, concatenate=cfg.net.release_exact))
+            schedule.apply(counters["updates"])
+            step_fn = critic_first if counters["updates"] < cfg.actor_update_delay else update
+            metrics = step_fn(sample_mixed(buffer, offline, cfg.utd, minibatch, cfg.offline_ratio,
+                                           cfg.sample_finished_episodes, concatenate=cfg.net.release_exact))
             counters["updates"] += 1
             loop.guard.track(metrics, now)  # reported as the env step
         if loop.crossed(cfg.log_every, before, now) or now >= cfg.steps:

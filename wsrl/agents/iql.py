@@ -57,12 +57,14 @@ class IQL(SAC):
         self.model.soft_update_target(self.cfg.tau)
         return {**metrics, **q_metrics}
 
-    def update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+    def update(self, batch: Batch, behavior_cloning: bool = False, train_actor: bool = True) -> Metrics:
         if self.net.release_exact:
-            return self.release_update(batch)
+            return self.release_update(batch, train_actor=train_actor)
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
+        if not train_actor:
+            return metrics
         loss, actor_metrics = self.weighted_bc_loss({k: v.flatten(0, 1) for k, v in batch.items()})
         self._step("actor", loss)
         return {**metrics, **actor_metrics}

@@ -51,15 +51,21 @@ class SAC:
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -float(model.act_dim)
         # fused=True: one kernel per parameter tensor for the whole Adam update instead of a
         # dozen elementwise passes; numerically the same algorithm (tests/test_fast.py).
-        fused = next(model.parameters()).device.type in ("cpu", "cuda")
-        adam = lambda params, lr: torch.optim.Adam(params, lr=lr, fused=fused)  # noqa: E731
-        self.optimizers = {
-            "actor": adam(model.actor.parameters(), cfg.actor_lr),
-            "critic": adam(model.critic.parameters(), cfg.critic_lr),
-            "temperature": adam([model.log_alpha], cfg.temperature_lr),
-            "value": adam(model.value.parameters(), cfg.value_lr),
-            "cql_alpha": adam([model.cql_log_alpha], cfg.cql_alpha_lr),
-        }
+        device = next(model.parameters()).device
+        fused = device.type in ("cpu", "cuda")
+        # The lr is a tensor on the device that wsrl/schedule.py overwrites in place, so a compiled
+        # or CUDA-graph-captured update follows a schedule without recompiling. Its dtype is what
+        # each fused kernel reads: CUDA's loads a float32 from device memory; CPU's takes the
+        # value as a double, so float64 keeps a constant lr bit for bit the float it replaced.
+        lr_dtype = torch.float32 if device.type == "cuda" else torch.float64
+        adam = lambda params, lr: torch.optim.Adam(  # noqa: E731
+            params, lr=torch.tensor(lr, dtype=lr_dtype, device=device), fused=fused)
+        self.base_lrs = {"actor": cfg.actor_lr, "critic": cfg.critic_lr, "temperature": cfg.temperature_lr,
+                         "value": cfg.value_lr, "cql_alpha": cfg.cql_alpha_lr}
+        params = {"actor": model.actor.parameters(), "critic": model.critic.parameters(),
+                  "temperature": [model.log_alpha], "value": model.value.parameters(),
+                  "cql_alpha": [model.cql_log_alpha]}
+        self.optimizers = {name: adam(params[name], self.base_lrs[name]) for name in self.base_lrs}
         # Fixed per optimizer, so the hot loop does not rebuild the lists every step.
         self._trained = {name: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
                          for name, opt in self.optimizers.items()}
@@ -133,17 +139,24 @@ class SAC:
         self.model.soft_update_target(self.cfg.tau)
         return metrics
 
-    def update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+    def update(self, batch: Batch, behavior_cloning: bool = False, train_actor: bool = True) -> Metrics:
         """``behavior_cloning``: the actor step clones the batch's actions instead of following Q
-        (CQL's warm start, ``--bc-steps``); a separate compiled/captured update, not a branch inside."""
+        (CQL's warm start, ``--bc-steps``); ``train_actor=False``: no actor step, the critic and
+        temperature train as usual (``--actor-update-delay``). Each is a separate compiled/captured
+        update, not a branch inside."""
         if self.net.release_exact:
-            return self.release_update(batch, behavior_cloning)
+            return self.release_update(batch, behavior_cloning, train_actor)
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
         full = {k: v.flatten(0, 1) for k, v in batch.items()}
-        actor_loss, log_prob, actor_metrics = (self.bc_actor_loss if behavior_cloning else self.actor_loss)(full)
-        self._step("actor", actor_loss)
+        if train_actor:
+            actor_loss, log_prob, actor_metrics = (self.bc_actor_loss if behavior_cloning else self.actor_loss)(full)
+            self._step("actor", actor_loss)
+        else:
+            with torch.no_grad():  # the temperature still tracks the (frozen) policy's entropy
+                log_prob = self.model.actor.sample(full["observations"])[1]
+            actor_metrics = {"policy/entropy": -log_prob.mean()}
         t_loss = temperature_loss(self.model.temperature(), log_prob, self.target_entropy)
         self._step("temperature", t_loss)
         return {**metrics, **actor_metrics, "losses/temperature_loss": t_loss.detach(), "policy/alpha": self.alpha}
@@ -178,29 +191,33 @@ class SAC:
             _, next_log_prob = self.model.actor.sample(next_obs)
         return temperature_loss(self.model.temperature(), next_log_prob, self.target_entropy)
 
-    def release_step(self, batch: Batch, train: frozenset[str], behavior_cloning: bool = False) -> Metrics:
+    def release_step(self, batch: Batch, train: frozenset[str], behavior_cloning: bool = False,
+                     stepped: tuple[str, ...] | None = None) -> Metrics:
+        """``stepped``: the optimizers that step (default all of the release's; a frozen actor's
+        does not, not even with a zero gradient, which would still move it by its momentum)."""
+        stepped = self.release_optimizers if stepped is None else stepped
         losses, metrics = self.release_losses(batch, train, behavior_cloning)
-        for name in self.release_optimizers:
+        for name in stepped:
             for p in self._trained[name]:
                 p.grad = torch.zeros_like(p)  # a zero gradient, not None: Adam still steps (momentum)
         # Gradients first, steps after: every loss sees the same parameters.
         for name, loss in losses.items():
             loss.backward(inputs=self._trained[name])
-        for name in self.release_optimizers:
+        for name in stepped:
             self.optimizers[name].step()
         if "critic" in train:
             self.model.soft_update_target(self.cfg.tau)
         return metrics
 
-    def release_update(self, batch: Batch, behavior_cloning: bool = False) -> Metrics:
+    def release_update(self, batch: Batch, behavior_cloning: bool = False, train_actor: bool = True) -> Metrics:
+        stepped = tuple(n for n in self.release_optimizers if train_actor or n != "actor")
+        everything = frozenset(stepped)
         utd = batch["observations"].shape[0]
         if utd == 1:
-            return self.release_step({k: v[0] for k, v in batch.items()}, frozenset(self.release_optimizers),
-                                     behavior_cloning)
+            return self.release_step({k: v[0] for k, v in batch.items()}, everything, behavior_cloning, stepped)
         metrics: Metrics = {}
         per_minibatch = frozenset(self.release_critic_optimizers)
         for i in range(utd):
-            metrics = self.release_step({k: v[i] for k, v in batch.items()}, per_minibatch)
+            metrics = self.release_step({k: v[i] for k, v in batch.items()}, per_minibatch, stepped=stepped)
         full = {k: v.flatten(0, 1) for k, v in batch.items()}
-        rest = frozenset(self.release_optimizers) - per_minibatch
-        return {**metrics, **self.release_step(full, rest, behavior_cloning)}
+        return {**metrics, **self.release_step(full, everything - per_minibatch, behavior_cloning, stepped)}

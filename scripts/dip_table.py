@@ -1,0 +1,92 @@
+"""The table of scripts/study_dip.sh: dip, final and AUC (wsrl/metrics.py) per variant, mean and
+spread over seeds, written into docs/dip.md between its table markers (and printed).
+
+    python scripts/dip_table.py runs/study_dip/runs --variants constant wsd --seeds 0 1 2 --doc docs/dip.md
+
+A run counts once it has finished (its last evaluation is at its --steps); the others are listed
+as missing, and the table says it is partial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from wsrl.metrics import read_evaluations, run_metrics
+
+START, END = "<!-- dip-table:start -->", "<!-- dip-table:end -->"
+COLUMNS = (("handover", "hand-over"), ("dip", "dip"), ("dip_fraction", "dip / hand-over"), ("final", "final"),
+           ("auc", "AUC"))
+
+
+def finished(run: Path) -> bool:
+    config = run / "config.json"
+    if not config.is_file():
+        return False
+    steps, _ = read_evaluations(run)
+    return bool(steps) and steps[-1] >= json.loads(config.read_text())["steps"]
+
+
+def spread(values: list[float], percent: bool = False) -> str:
+    """mean ± sample standard deviation (and the range), over the seeds."""
+    v = np.asarray(values) * (100 if percent else 1)
+    unit = "%" if percent else ""
+    if len(v) == 1:
+        return f"{v[0]:.1f}{unit}"
+    return f"{v.mean():.1f}{unit} ± {v.std(ddof=1):.1f} [{v.min():.1f}, {v.max():.1f}]"
+
+
+def table(runs_dir: Path, variants: list[str], seeds: list[str]) -> str:
+    rows, per_seed, missing = [], [], []
+    for variant in variants:
+        metrics = {}
+        for seed in seeds:
+            run = runs_dir / f"{variant}_seed{seed}"
+            if finished(run):
+                metrics[seed] = run_metrics(run).as_dict()
+            else:
+                missing.append(run.name)
+        if not metrics:
+            rows.append(f"| {variant} | 0 | " + " | ".join("–" for _ in COLUMNS) + " |")
+            continue
+        cells = [spread([m[key] for m in metrics.values()], percent=key == "dip_fraction") for key, _ in COLUMNS]
+        rows.append(f"| {variant} | {len(metrics)} | " + " | ".join(cells) + " |")
+        for seed, m in metrics.items():
+            per_seed.append(f"| {variant} | {seed} | " + " | ".join(
+                f"{100 * m[key]:.0f}%" if key == "dip_fraction" else f"{m[key]:.1f}" for key, _ in COLUMNS) + " |")
+    header = "| " + " | ".join(name for _, name in COLUMNS) + " |"
+    rule = "|---|---|" + "---|" * len(COLUMNS)
+    lines = []
+    if missing:
+        lines += [f"**Partial:** {len(missing)} of {len(variants) * len(seeds)} runs have not finished "
+                  f"({', '.join(missing)}).", ""]
+    lines += ["Mean ± sample standard deviation [min, max] over the finished seeds (one value: one seed).", "",
+              "| variant | seeds " + header, rule, *rows, "", "Per seed:", "",
+              "| variant | seed " + header, rule, *per_seed]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("--variants", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", required=True)
+    parser.add_argument("--doc", type=Path, help="markdown file whose table markers receive the table")
+    args = parser.parse_args()
+    text = table(args.runs_dir, args.variants, args.seeds)
+    print(text)
+    if args.doc:
+        doc = args.doc.read_text()
+        if START not in doc or END not in doc:
+            sys.exit(f"dip_table.py: --doc {args.doc}: has no {START} ... {END} markers")
+        head, rest = doc.split(START, 1)
+        args.doc.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
