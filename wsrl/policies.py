@@ -232,8 +232,11 @@ def _write_export(policy: TrainedPolicy, module: torch.nn.Module, meta: dict, ou
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # it warns about every torchvision op it cannot register
         try:
-            program = torch.onnx.export(module, (example,), input_names=["observations"], output_names=["actions"],
-                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+            # Our own torch.export first: torch.onnx's capture strategies patch torch._inductor's config,
+            # which fails in a process where inductor was already set up (e.g. after --compile).
+            exported = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+            program = torch.onnx.export(exported, (example,), input_names=["observations"], output_names=["actions"],
+                                        dynamo=True, verbose=False)
         finally:
             quiet.setLevel(level)
         model = program.model_proto
