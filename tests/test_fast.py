@@ -150,12 +150,17 @@ def test_make_update_on_cpu():
         torch.set_num_threads(threads)
 
 
-def test_compiled_update_matches_eager(monkeypatch):
+def test_compiled_update_matches_eager():
     """torch.compile of the whole update (the --compile path); tiny nets keep compiling short."""
     import torch._inductor.config
 
-    # Compiled code draws its own random numbers unless told to call the eager generators.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # Compiled code draws its own random numbers unless told to call the eager generators. The
+    # config's own patch(): monkeypatch's undo deletes the option, which breaks torch.export later.
+    with torch._inductor.config.patch(fallback_random=True):
+        _compiled_update_matches_eager()
+
+
+def _compiled_update_matches_eager():
     net = NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=3, subsample_size=2)
     fast, plain = make_agent(net=net), make_agent(net=net)
     update = make_update(fast, FinetuneConfig(compile=True, threads=torch.get_num_threads()), torch.device("cpu"))
