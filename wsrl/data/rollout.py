@@ -107,7 +107,8 @@ class Collector:
         self.venv._autoreset_envs = self.autoreset.copy()  # the vector env's own next-step-reset flags
         self.episode_return = np.asarray(state["episode_return"], dtype=np.float64)
         self.episode_length = np.asarray(state["episode_length"], dtype=np.int64)
-        self.episode_success = np.asarray(state["episode_success"], dtype=np.float64)
+        # Format-1 checkpoints predate success tracking: their running episodes have reported none.
+        self.episode_success = np.asarray(state.get("episode_success", np.zeros(self.num_envs)), dtype=np.float64)
         return True
 
 
