@@ -18,6 +18,8 @@ Datasets written by ``wsrl collect`` come from these wrapped envs and are left a
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import functools
 import warnings
@@ -42,7 +44,7 @@ def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
     return x.reshape(len(x), -1) if batched else x.reshape(-1)
 
 
-class Task(gym.Wrapper):
+class Task(gym.Wrapper, abc.ABC):
     """Base of the domain wrappers: each step's reward, termination and success come from
     ``convert``; time-limit truncations pass through untouched.
 
@@ -62,9 +64,9 @@ class Task(gym.Wrapper):
     def reset_success(self, obs) -> float:
         return 0.0
 
+    @abc.abstractmethod
     def convert(self, obs, reward: float, terminated: bool, info: dict) -> tuple[float, bool, float]:
         """(reward, terminated, success) of a step, from the env's own values."""
-        raise NotImplementedError
 
 
 class Domain:
