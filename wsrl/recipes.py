@@ -35,10 +35,7 @@ def recipe_names() -> list[str]:
 
 @functools.cache
 def _file(name: str) -> dict:
-    path = resources.files("wsrl.configs") / f"{name}.json"
-    if not path.is_file():
-        raise UserError(f"--recipe: unknown recipe '{name}' (known: {', '.join(recipe_names())})")
-    return json.loads(path.read_text())
+    return json.loads((resources.files("wsrl.configs") / f"{name}.json").read_text())
 
 
 def load_recipe(name: str) -> dict:

@@ -21,7 +21,7 @@ from wsrl.agents import AGENTS, SAC
 from wsrl.atomic import atomic_write
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
-from wsrl.data.buffer import ReplayBuffer, sample_mixed
+from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed
 from wsrl.data.offline import OfflineData, load_dataset, validate
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
@@ -320,7 +320,8 @@ def first_update_step(cfg: FinetuneConfig, spec: EnvSpec) -> int:
     """Updates start after this many env steps: the warmup, and as in the release not before the
     buffer holds one batch of online rows, nor (sampling finished episodes only, Cal-QL) before
     every env has run one time limit, so that each has finished an episode."""
-    online_rows = cfg.batch_size - (round(cfg.offline_ratio * cfg.batch_size / cfg.utd) * cfg.utd if cfg.dataset else 0)
+    offline = offline_rows(cfg.offline_ratio, cfg.utd, cfg.batch_size // cfg.utd, cfg.net.release_exact) if cfg.dataset else 0
+    online_rows = cfg.batch_size - offline
     start = max(cfg.warmup_steps, online_rows)
     if cfg.sample_finished_episodes:
         time_limit = spec.max_episode_steps or gym.spec(spec.id).max_episode_steps

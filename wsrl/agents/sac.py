@@ -198,8 +198,11 @@ class SAC:
         stepped = self.release_optimizers if stepped is None else stepped
         losses, metrics = self.release_losses(batch, train, behavior_cloning)
         for name in stepped:
+            # A zero gradient, not None: Adam still steps (momentum). Allocated once, then zeroed in place.
+            self.optimizers[name].zero_grad(set_to_none=False)
             for p in self._trained[name]:
-                p.grad = torch.zeros_like(p)  # a zero gradient, not None: Adam still steps (momentum)
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         # Gradients first, steps after: every loss sees the same parameters.
         for name, loss in losses.items():
             loss.backward(inputs=self._trained[name])

@@ -106,6 +106,12 @@ class ReplayBuffer:
         return buf
 
 
+def offline_rows(offline_ratio: float, utd: int, minibatch: int, concatenate: bool) -> int:
+    """Offline rows of a whole batch: int(ratio * batch) for a concatenated batch (the release),
+    else round(ratio * minibatch) in each of the utd minibatches."""
+    return int(offline_ratio * utd * minibatch) if concatenate else round(offline_ratio * minibatch) * utd
+
+
 def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, utd: int, minibatch: int,
                  offline_ratio: float, finished_only: bool = False, concatenate: bool = False) -> dict[str, torch.Tensor]:
     """[utd, minibatch] transitions; exactly round(offline_ratio * minibatch) of each minibatch
@@ -113,12 +119,12 @@ def sample_mixed(online: ReplayBuffer, offline: ReplayBuffer | None, utd: int, m
     release does instead: int(offline_ratio * batch) offline rows after the online ones, then split
     into minibatches, so some minibatches are online-only and others offline-only."""
     if concatenate:
-        n_offline = int(offline_ratio * utd * minibatch) if offline is not None else 0
+        n_offline = offline_rows(offline_ratio, utd, minibatch, True) if offline is not None else 0
         parts = [online.sample(utd * minibatch - n_offline, finished_only=finished_only)]
         if n_offline:
             parts.append(offline.sample(n_offline))
         return {k: torch.cat([p[k] for p in parts]).view(utd, minibatch, *parts[0][k].shape[1:]) for k in parts[0]}
-    n_offline = round(offline_ratio * minibatch) if offline is not None else 0
+    n_offline = offline_rows(offline_ratio, utd, minibatch, False) // utd if offline is not None else 0
     if n_offline == 0:
         return online.sample(utd, minibatch, finished_only=finished_only)
     if n_offline == minibatch:
