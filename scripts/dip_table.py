@@ -80,6 +80,8 @@ def main() -> int:
     text = table(args.runs_dir, args.variants, args.seeds)
     print(text)
     if args.doc:
+        if not args.doc.is_file():
+            sys.exit(f"dip_table.py: --doc {args.doc}: no such file")
         doc = args.doc.read_text()
         if START not in doc or END not in doc:
             sys.exit(f"dip_table.py: --doc {args.doc}: has no {START} ... {END} markers")

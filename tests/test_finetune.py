@@ -159,3 +159,41 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, pretrained):
         assert torch.equal(value, state_b["buffer"][key]), key
     for key, value in model_a.items():
         assert torch.equal(value, model_b[key]), key
+
+
+def _as_format_1(run_dir):
+    """Rewrite a run's newest checkpoint and config.json as wsrl wrote them before format 2: the CQL-only
+    max-target field, no recipe, and a collector state without success tracking."""
+    from wsrl.checkpoint import _sha256, list_checkpoints
+
+    def old_config(config):
+        config = {**config, "agent": dict(config["agent"])}
+        config["agent"]["cql_max_target_backup"] = config["agent"].pop("max_target_backup")
+        config.pop("recipe")
+        return config
+
+    (run_dir / "config.json").write_text(json.dumps(old_config(json.loads((run_dir / "config.json").read_text()))))
+    ckpt = list_checkpoints(run_dir)[-1]
+    meta = json.loads((ckpt / "state.json").read_text())
+    del meta["state"]["collector"]["episode_success"]
+    meta["config"], meta["format_version"] = old_config(meta["config"]), 1
+    (ckpt / "state.json").write_text(json.dumps(meta))
+    manifest = json.loads((ckpt / "MANIFEST.json").read_text())
+    manifest["format_version"] = 1
+    manifest["files"]["state.json"] = {"size": (ckpt / "state.json").stat().st_size, "sha256": _sha256(ckpt / "state.json")}
+    (ckpt / "MANIFEST.json").write_text(json.dumps(manifest))
+
+
+def test_resume_of_a_format_1_checkpoint_matches_uninterrupted_run(tmp_path, pretrained):
+    common = ["--checkpoint", pretrained, "--warmup-steps", 40, "--save-every", 30, *FAST]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_wsrl("finetune", "--out", full, "--steps", 100, *common) == 0
+    assert run_wsrl("finetune", "--out", part, "--steps", 60, *common) == 0
+    _as_format_1(part)
+    assert load_checkpoint(part)[0]["format_version"] == 1
+    assert run_wsrl("finetune", "--resume", part, "--steps", 100) == 0
+    (meta_a, model_a, _), (meta_b, model_b, _) = load_checkpoint(full), load_checkpoint(part)
+    same = {key: value for key, value in meta_a["config"].items() if key not in ("out", "resume")}
+    assert meta_b["format_version"] == 2 and same.items() <= meta_b["config"].items()
+    for key, value in model_a.items():
+        assert torch.equal(value, model_b[key]), key
