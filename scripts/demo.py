@@ -28,11 +28,11 @@ SHIPPED = "hopper-medium-cql"
 """The CQL checkpoint in wsrl/pretrained/; its pretrained.json records how it was made."""
 ENV = "Hopper-v5"
 DATASET = ["--policy", "hopper-medium", "--steps", "50000", "--num-envs", "10"]
-# The command that made the shipped checkpoint (its pretrained.json): demo-sized networks, 15k CQL
-# steps (30k were planned; docs/demo.md says why not). The critic handed over matters: after 8k
-# steps WSRL still collapsed on some seeds.
+# The command that made the shipped checkpoint (its pretrained.json): demo-sized networks, 30k CQL
+# steps. The critic handed over matters: after 8k or 15k steps WSRL still collapsed after its
+# warmup on some seeds (docs/demo-history.md).
 PRETRAIN = ["--algo", "cql", "--critic-hidden", "128", "128", "--actor-hidden", "128", "128", "--ensemble-size", "4",
-            "--steps", "15000", "--batch-size", "256", "--cql-n-actions", "4", "--actor-lr", "3e-4",
+            "--steps", "30000", "--batch-size", "256", "--cql-n-actions", "4", "--actor-lr", "3e-4",
             "--eval-every", "2500", "--save-every", "5000", "--keep-checkpoints", "10", "--eval-episodes", "10",
             "--log-every", "500", "--threads", "1"]
 FINETUNE = ["--steps", "20000", "--utd", "2", "--batch-size", "512", "--actor-lr", "3e-4", "--eval-every", "1000",
@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning runs (and of --pretrain)")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--pretrain", action="store_true", help="collect data and pretrain CQL here instead of "
-                        "starting from the shipped checkpoint (about 10 min more on 2 idle cores)")
+                        "starting from the shipped checkpoint (about 50 min more on 2 idle cores)")
     args = parser.parse_args()
 
     from wsrl.envs import normalized_score, resolve_env
