@@ -1,5 +1,5 @@
-"""The table of scripts/study_dip.sh: dip, final and AUC (wsrl/metrics.py) per variant, mean and
-spread over seeds, written into docs/dip.md between its table markers (and printed).
+"""The table of scripts/study_dip.sh: dip, final and AUC (wsrl/metrics.py) and the score 1k actor
+updates after the actor starts, per variant, mean and spread over seeds, written into docs/dip.md between its table markers (and printed).
 
     python scripts/dip_table.py runs/study_dip/runs --variants constant wsd --seeds 0 1 2 --doc docs/dip.md
 
@@ -20,7 +20,18 @@ from wsrl.metrics import read_evaluations, run_metrics
 
 START, END = "<!-- dip-table:start -->", "<!-- dip-table:end -->"
 COLUMNS = (("handover", "hand-over"), ("dip", "dip"), ("dip_fraction", "dip / hand-over"), ("final", "final"),
-           ("auc", "AUC"))
+           ("auc", "AUC"), ("actor_1k", "1k actor updates in"))
+ACTOR_UPDATES = 1000
+
+
+def actor_1k(run: Path) -> float:
+    """The first evaluation at least ACTOR_UPDATES updates after the actor's first one (after the
+    warmup and any --actor-update-delay; one env per step, so one update per env step): does the
+    fall follow the actor's first updates, whatever the schedule?"""
+    cfg = json.loads((run / "config.json").read_text())
+    start = cfg["warmup_steps"] + cfg.get("actor_update_delay", 0) + ACTOR_UPDATES
+    steps, values = read_evaluations(run)
+    return next((v for s, v in zip(steps, values) if s >= start), float("nan"))
 
 
 def finished(run: Path) -> bool:
@@ -47,7 +58,7 @@ def table(runs_dir: Path, variants: list[str], seeds: list[str]) -> str:
         for seed in seeds:
             run = runs_dir / f"{variant}_seed{seed}"
             if finished(run):
-                metrics[seed] = run_metrics(run).as_dict()
+                metrics[seed] = {**run_metrics(run).as_dict(), "actor_1k": actor_1k(run)}
             else:
                 missing.append(run.name)
         if not metrics:
