@@ -65,3 +65,22 @@ def test_plot_bad_input(tmp_path, capsys):
     _fake_run(tmp_path / "r", "finetune", [(0, 1.0)])
     assert main(["plot", str(tmp_path / "r"), "--out", str(tmp_path / "f.txt")]) == 2
     assert not (tmp_path / "f.png").exists()
+
+
+def test_offline_curve_ends_at_the_checkpoint_fine_tuning_started_from(tmp_path):
+    """Fine-tuning from an earlier checkpoint of a pretraining run: the hand-over (x = 0) is that
+    checkpoint's step, and the run's later offline evaluations are left out."""
+    pre = tmp_path / "pre"
+    _fake_run(pre, "pretrain", [(10, 1.0), (20, 2.0), (30, 3.0)])
+    for step in (20, 30):
+        (pre / "checkpoints" / f"step_{step:09d}").mkdir(parents=True)
+    from_step_20 = tmp_path / "ft20"
+    _fake_run(from_step_20, "finetune", [(0, 5.0), (10, 6.0)], checkpoint=str(pre / "checkpoints" / "step_000000020"))
+    x, y, _ = run_curve(from_step_20, "eval/normalized_score")
+    np.testing.assert_array_equal(x, [-10, 0, 10])
+    np.testing.assert_array_equal(y, [1.0, 5.0, 6.0])
+    from_run = tmp_path / "ft"  # the run directory: its newest checkpoint, step 30
+    _fake_run(from_run, "finetune", [(0, 5.0)], checkpoint=str(pre))
+    x, y, _ = run_curve(from_run, "eval/normalized_score")
+    np.testing.assert_array_equal(x, [-20, -10, 0])
+    np.testing.assert_array_equal(y, [1.0, 2.0, 5.0])

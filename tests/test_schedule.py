@@ -203,3 +203,22 @@ def test_pretraining_follows_its_schedule_per_gradient_step(tmp_path, hopper_fil
     # Step s is update s - 1; the last 20 of 40 decay to 0: step 30 is 10 of them in.
     assert critic == pytest.approx({10: base["critic_lr"], 20: base["critic_lr"], 30: base["critic_lr"] / 2, 40: 0.0})
     assert set(actor.values()) == {base["actor_lr"]}
+
+
+def test_a_pretraining_checkpoint_does_not_depend_on_the_runs_length(tmp_path, hopper_file):
+    """With the default constant learning rate, step k of a --steps N run is bit for bit the final
+    checkpoint of a --steps k run: how the shipped CQL checkpoint (step 20k of a 30k run) is remade
+    by `make demo PRETRAIN=1`."""
+    from safetensors.torch import load_file
+
+    flags = ["pretrain", "--env", "Hopper-v5", "--dataset", hopper_file, "--algo", "cql", "--batch-size", "32",
+             "--cql-n-actions", "2", "--eval-every", "10", "--save-every", "10", "--keep-checkpoints", "5", "--seed", "3",
+             "--critic-hidden", "16", "16", "--actor-hidden", "16", "16", "--ensemble-size", "2", "--eval-episodes", "1",
+             "--device", "cpu", "--threads", "1"]
+    assert run_wsrl(*flags, "--steps", "20", "--out", tmp_path / "short") == 0
+    assert run_wsrl(*flags, "--steps", "40", "--out", tmp_path / "long") == 0
+    short = load_file(tmp_path / "short" / "checkpoints" / "step_000000020" / "model.safetensors")
+    long = load_file(tmp_path / "long" / "checkpoints" / "step_000000020" / "model.safetensors")
+    assert short.keys() == long.keys()
+    for name in short:
+        assert torch.equal(short[name], long[name]), name

@@ -39,6 +39,11 @@ class OnlineMetrics:
         return asdict(self)
 
 
+def final_window_start(total_steps: float) -> float:
+    """The first online step of the window ``final`` averages over."""
+    return total_steps - FINAL_WINDOW if total_steps >= 2 * FINAL_WINDOW else total_steps / 2
+
+
 def online_metrics(steps, values, warmup_steps: int, total_steps: int | None = None) -> OnlineMetrics:
     """Metrics of one run from its evaluation points. ``total_steps`` is the run's length (its
     ``--steps``); it defaults to the last evaluated step."""
@@ -54,8 +59,7 @@ def online_metrics(steps, values, warmup_steps: int, total_steps: int | None = N
     dip = handover - float(values[in_dip].min()) if in_dip.any() else float("nan")
     dip_fraction = dip / abs(handover) if handover != 0 else float("nan")
 
-    start = total - FINAL_WINDOW if total >= 2 * FINAL_WINDOW else total / 2
-    in_final = steps >= start
+    in_final = steps >= final_window_start(total)
     final = float(values[in_final].mean()) if in_final.any() else float(values[-1])
 
     # Trapezoids by hand: np.trapezoid is NumPy >= 2 only, np.trapz is deprecated there.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wsrl.checkpoint import list_checkpoints
 from wsrl.config import PlotConfig
 from wsrl.errors import UserError
 
@@ -53,8 +54,10 @@ def _config(run_dir: Path) -> dict:
         return {}
 
 
-def _pretrain_dir(run_dir: Path, cfg: dict) -> Path | None:
-    """The pretraining run a fine-tuning run started from (its run directory), if still on disk."""
+def _pretrain_origin(run_dir: Path, cfg: dict) -> tuple[Path, int | None] | None:
+    """The pretraining run a fine-tuning run started from (if still on disk) and the step of the
+    checkpoint it took: the ``step_*`` folder named by ``--checkpoint``, else the run's newest one
+    (None when its checkpoints are gone)."""
     ckpt = cfg.get("checkpoint") or ""
     if cfg.get("kind") != "finetune" or not ckpt:
         return None
@@ -62,20 +65,32 @@ def _pretrain_dir(run_dir: Path, cfg: dict) -> Path | None:
     if not path.is_absolute():
         path = Path.cwd() / path
     if path.name.startswith("step_") and path.parent.name == "checkpoints":
-        path = path.parent.parent
-    return path if (path / "metrics.jsonl").is_file() else None
+        step, path = _checkpoint_step(path), path.parent.parent
+    else:
+        found = list_checkpoints(path)
+        step = _checkpoint_step(found[-1]) if found else None
+    return (path, step) if (path / "metrics.jsonl").is_file() else None
+
+
+def _checkpoint_step(folder: Path) -> int | None:
+    try:
+        return int(folder.name.removeprefix("step_"))
+    except ValueError:
+        return None
 
 
 def run_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """x (offline steps negative, online env steps >= 0), y, and whether an offline phase is in it."""
     cfg = _config(run_dir)
     offline = []
-    pre = run_dir if cfg.get("kind") == "pretrain" else _pretrain_dir(run_dir, cfg)
-    if pre is not None:
+    origin = (run_dir, None) if cfg.get("kind") == "pretrain" else _pretrain_origin(run_dir, cfg)
+    if origin is not None:
+        pre, handover_step = origin
         pts = read_evals(pre, metric)
-        if pts:
-            end = max(s for s, _, _ in pts)
-            offline = [(s - end, y) for s, _, y in pts]
+        # Fine-tuning from an earlier checkpoint of the run: the hand-over is that checkpoint, and the
+        # run's later evaluations are not part of this curve.
+        end = handover_step if handover_step is not None else max((s for s, _, _ in pts), default=0)
+        offline = [(s - end, y) for s, _, y in pts if s <= end]
     online = [] if cfg.get("kind") == "pretrain" else [(s, y) for s, _, y in read_evals(run_dir, metric)]
     if offline and online:
         offline = [(x, y) for x, y in offline if x < 0]  # x = 0 is the fine-tuning run's own step-0 eval
@@ -145,7 +160,7 @@ def plot(cfg: PlotConfig) -> Path:
 
     metric = _pick_metric(run_dirs, cfg.metric)
     # A pretraining run given next to a fine-tuning run started from it is already in that curve.
-    pulled = {_pretrain_dir(r, _config(r)) for r in run_dirs} - {None}
+    pulled = {origin[0] for r in run_dirs if (origin := _pretrain_origin(r, _config(r)))}
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     any_offline = any_online = False
     for i, run in enumerate(run_dirs):
