@@ -90,7 +90,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning runs (and of --pretrain)")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--pretrain", action="store_true", help="collect data and pretrain CQL here instead of "
-                        "starting from the shipped checkpoint (about 35 min more on 2 idle cores)")
+                        "starting from the shipped checkpoint (about 40 min more on 2 idle cores)")
     args = parser.parse_args()
 
     from wsrl.envs import normalized_score, resolve_env
@@ -121,7 +121,7 @@ def main() -> int:
     t_ft = time.perf_counter()
     fig = out / f"demo_seed{args.seed}.png"
     wsrl("plot", *map(str, runs.values()), "--labels", *runs, "--out", str(fig),
-         "--title", f"{ENV}: CQL pretraining, then fine-tuning with and without warmup (seed {args.seed})")
+         "--title", f"{ENV}: CQL, then fine-tuning with and without warmup (seed {args.seed})")
 
     metrics = {name: run_metrics(run_dir) for name, run_dir in runs.items()}
     print(f"\nWSRL demo, {ENV}, seed {args.seed}: normalised score (D4RL reference returns, x100; deterministic "
