@@ -213,8 +213,7 @@ def test_a_pretraining_checkpoint_does_not_depend_on_the_runs_length(tmp_path, h
 
     flags = ["pretrain", "--env", "Hopper-v5", "--dataset", hopper_file, "--algo", "cql", "--batch-size", "32",
              "--cql-n-actions", "2", "--eval-every", "10", "--save-every", "10", "--keep-checkpoints", "5", "--seed", "3",
-             "--critic-hidden", "16", "16", "--actor-hidden", "16", "16", "--ensemble-size", "2", "--eval-episodes", "1",
-             "--device", "cpu", "--threads", "1"]
+             *TINY, "--threads", "1"]
     assert run_wsrl(*flags, "--steps", "20", "--out", tmp_path / "short") == 0
     assert run_wsrl(*flags, "--steps", "40", "--out", tmp_path / "long") == 0
     short = load_file(tmp_path / "short" / "checkpoints" / "step_000000020" / "model.safetensors")

@@ -122,13 +122,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a ``step_*`` checkpoint folder was saved at, from its name."""
+    return int(Path(folder).name.removeprefix("step_"))
+
+
 def run_finished(run_dir: Path) -> bool:
     """The run's newest checkpoint is at (or, with several envs per step, past) its --steps."""
     config = Path(run_dir) / "config.json"
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints or not config.is_file():
         return False
-    return int(checkpoints[-1].name.removeprefix("step_")) >= json.loads(config.read_text())["steps"]
+    return checkpoint_step(checkpoints[-1]) >= json.loads(config.read_text())["steps"]
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsrl.checkpoint import list_checkpoints
+from wsrl.checkpoint import checkpoint_step, list_checkpoints
 from wsrl.config import PlotConfig
 from wsrl.errors import UserError
 
@@ -65,18 +65,11 @@ def _pretrain_origin(run_dir: Path, cfg: dict) -> tuple[Path, int | None] | None
     if not path.is_absolute():
         path = Path.cwd() / path
     if path.name.startswith("step_") and path.parent.name == "checkpoints":
-        step, path = _checkpoint_step(path), path.parent.parent
+        step, path = checkpoint_step(path), path.parent.parent
     else:
         found = list_checkpoints(path)
-        step = _checkpoint_step(found[-1]) if found else None
+        step = checkpoint_step(found[-1]) if found else None
     return (path, step) if (path / "metrics.jsonl").is_file() else None
-
-
-def _checkpoint_step(folder: Path) -> int | None:
-    try:
-        return int(folder.name.removeprefix("step_"))
-    except ValueError:
-        return None
 
 
 def run_curve(run_dir: Path, metric: str) -> tuple[np.ndarray, np.ndarray, bool]:
