@@ -144,7 +144,7 @@ def test_success_is_counted_exactly_when_the_env_reports_one(monkeypatch):
         return gym.vector.SyncVectorEnv([lambda: _AntOnGoal(make_env(spec_)), lambda: make_env(spec_)])
 
     monkeypatch.setattr(evaluate, "make_vector_env", venv)
-    metrics = evaluate.evaluate(_Zero(8), spec, 2, seed=0, device=torch.device("cpu"))
+    metrics = evaluate.evaluate(_Zero(8), spec, 2, seed=0, step=0, device=torch.device("cpu"))
     assert metrics["eval/success_rate"] == 0.5 and metrics["eval/normalized_score"] == 50.0
 
     collector = Collector(venv(spec, 2), seed=0)

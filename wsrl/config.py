@@ -115,7 +115,7 @@ class RunConfig:
     out: str = ""
     """Run directory for checkpoints, TensorBoard events, metrics.jsonl and config.json."""
     seed: int = 0
-    """Seed of torch, numpy and the environments (evaluation env uses seed + 1000)."""
+    """Seed of torch, numpy and the environments (evaluation start states: from (seed, step), docs/reference.md)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     reward_scale: float | None = None
@@ -295,7 +295,9 @@ class EvaluateConfig:
     sampled: bool = False
     """Sample actions from the policy instead of the deterministic tanh(mean)."""
     seed: int | None = None
-    """Episode i starts from seed + 1000 + i, as in training; default the run's --seed (0 for a shipped policy)."""
+    """Run seed of the start states (training's rule); default the run's --seed (0 for a shipped policy)."""
+    step: int | None = None
+    """Replay the start states of the evaluation logged at this step; default the checkpoint's step (0 for a shipped policy)."""
     video: str = ""
     """Also write the first episode to this .mp4 (needs wsrl[video] and MUJOCO_GL=osmesa or egl)."""
     device: str = "cpu"

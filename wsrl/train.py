@@ -196,7 +196,7 @@ class Loop:
 
     def evaluate(self, step: int, phase: str) -> dict[str, float]:
         t = time.perf_counter()
-        metrics = evaluate(self.agent.model.actor, self.spec, self.cfg.eval_episodes, self.cfg.seed, self.device)
+        metrics = evaluate(self.agent.model.actor, self.spec, self.cfg.eval_episodes, self.cfg.seed, step, self.device)
         metrics["perf/eval_seconds"] = time.perf_counter() - t
         self.logger.log(step, metrics, phase)
         self.last_eval = metrics
