@@ -44,6 +44,19 @@ def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
     return x.reshape(len(x), -1) if batched else x.reshape(-1)
 
 
+Layout = list[list]
+"""What the flat observation holds, in order: [source, size] pairs; a source names a key of the
+env's dict observation (nested keys joined by "/"), with a [start:end] slice where only part is
+used. An exported policy carries it, so that its user can build the input from the env."""
+
+
+def sorted_layout(space: gym.Space, prefix: str = "") -> Layout:
+    """`flatten_sorted`'s layout of ``space``."""
+    if isinstance(space, gym.spaces.Dict):
+        return [entry for k in sorted(space.spaces) for entry in sorted_layout(space[k], f"{prefix}{k}/")]
+    return [[prefix.rstrip("/") or "observation", int(np.prod(space.shape))]]
+
+
 class Task(gym.Wrapper, abc.ABC):
     """Base of the domain wrappers: each step's reward, termination and success come from
     ``convert``; time-limit truncations pass through untouched.
@@ -78,6 +91,10 @@ class Domain:
     def flatten(self, obs, batched: bool = False) -> np.ndarray:
         return flatten_sorted(obs, batched)
 
+    def layout(self, space: gym.Space) -> Layout:
+        """What ``flatten`` makes of an observation of ``space`` (the env's own observation space)."""
+        return sorted_layout(space)
+
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         return env
 
@@ -109,6 +126,9 @@ class AntMaze(Domain):
         # is left out as in D4RL's evaluation envs and the release: it is fixed per task.
         return np.concatenate([flatten_sorted(obs["achieved_goal"], batched),
                                flatten_sorted(obs["observation"], batched)], axis=-1)
+
+    def layout(self, space: gym.Space) -> Layout:
+        return [*sorted_layout(space["achieved_goal"], "achieved_goal/"), *sorted_layout(space["observation"], "observation/")]
 
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         return _AntMazeTask(env, self.SUCCESS_RADIUS)
@@ -244,6 +264,10 @@ class Kitchen(Domain):
             goal[:, OBS_ELEMENT_INDICES[task]] = np.asarray(value, dtype=np.float32).reshape(-1, len(OBS_ELEMENT_INDICES[task]))
         flat = np.concatenate([state[:, :9], state[:, 18:39], goal], axis=1)
         return flat if batched else flat[0]
+
+    def layout(self, space: gym.Space) -> Layout:
+        return [["observation[0:9]", 9], ["observation[18:39]", 21],
+                ["desired_goal (each task's values at its OBS_ELEMENT_INDICES, zeros elsewhere)", 30]]
 
     def prepare(self) -> None:
         _patch_kitchen_joint_reader()
