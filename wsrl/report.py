@@ -298,7 +298,7 @@ def _markdown(results, score, table, robust, common, overall, unfinished, cfg: R
         "# wsrl report", "",
         f"{_count(len(results), 'finished fine-tuning run')} under {', '.join(cfg.runs)}: {_count(len(envs), 'env')} × "
         f"{_count(len({r.method for r in results}), 'method')}. "
-        "Metrics as defined in `wsrl/metrics.py` (DESIGN.md §7): **hand-over** = evaluation at online step 0; "
+        "Metrics as defined in `wsrl/metrics.py` (docs/design.md, \"Metrics\"): **hand-over** = evaluation at online step 0; "
         "**dip** = hand-over minus the lowest evaluation in the 10k online steps after the warmup; **final** = mean "
         "evaluation over the last 10k online steps (the last half of shorter runs); **AUC** = mean evaluation over the "
         "online phase. Score: the normalised score (D4RL reference returns, ×100) where the env has reference "
