@@ -23,7 +23,7 @@ import torch
 
 from wsrl.atomic import atomic_write
 from wsrl.config import EvaluateConfig
-from wsrl.data.rollout import policy_actions
+from wsrl.data.rollout import Collector, Episode, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
 
@@ -45,32 +45,28 @@ def start_seeds(seed: int, step: int, episodes: int) -> list[int]:
 
 def _episodes(actor: torch.nn.Module, spec: EnvSpec, seeds: list[int], device: torch.device,
               deterministic: bool, frame: Frames | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-episode returns and, where the env reports ``info["success"]``, per-episode success
-    (the largest value an episode reported: a goal reached at any step counts, and a fraction
-    such as kitchen's subtasks/4 counts at its best)."""
-    episodes = len(seeds)
-    venv = make_vector_env(spec, episodes, render_mode="rgb_array" if frame else None)
-    obs, _ = venv.reset(seed=seeds)
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    success = None
+    """The first episode of each env, one env per seed: per-episode returns and, where the env
+    reports ``info["success"]``, per-episode success (`Episode.success`)."""
+    venv = make_vector_env(spec, len(seeds), render_mode="rgb_array" if frame else None)
+    collector = Collector(venv, seeds)
+    first: dict[int, Episode] = {}
     was_training = getattr(actor, "training", False)
     actor.eval()
     if frame:
         frame(venv.envs[0].render())
-    while running.any():
-        actions = policy_actions(actor, obs, device, deterministic=deterministic)
-        obs, rewards, terminated, truncated, infos = venv.step(actions)
-        returns += rewards * running
-        if "success" in infos:
-            reported = running & infos.get("_success", np.ones(episodes, dtype=bool))
-            value = np.where(reported, np.asarray(infos["success"], dtype=float), 0.0)
-            success = value if success is None else np.maximum(success, value)
-        if frame and running[0]:
+    while len(first) < len(seeds):
+        filming = frame is not None and 0 not in first
+        _, finished = collector.step(policy_actions(actor, collector.obs, device, deterministic=deterministic))
+        for episode in finished:
+            first.setdefault(episode.env, episode)
+        if filming:
             frame(venv.envs[0].render())
-        running &= ~(terminated | truncated)
     actor.train(was_training)
     venv.close()
-    return returns, success
+    episodes = [first[i] for i in range(len(seeds))]
+    returns = np.array([e.episode_return for e in episodes])
+    reported = [e.success for e in episodes if e.success is not None]
+    return returns, np.array(reported) if len(reported) == len(episodes) else None
 
 
 @torch.no_grad()
