@@ -21,7 +21,7 @@ from wsrl.agents import AGENTS, SAC
 from wsrl.atomic import atomic_write
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
-from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed
+from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed, scale_rewards
 from wsrl.data.offline import OfflineData, load_dataset, validate
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
@@ -87,7 +87,7 @@ def sparse_fail_reward(cfg: RunConfig, spec: EnvSpec) -> float | None:
     if spec.fail_reward is None:
         raise UserError(f"--sparse-reward: {spec.name}'s suite spec gives no reward of an unsuccessful step "
                         f"(fail_reward in envs/*.json), so failing episodes cannot be recognised")
-    return spec.fail_reward * cfg.reward_scale + cfg.reward_bias
+    return scale_rewards(spec.fail_reward, cfg.reward_scale, cfg.reward_bias)
 
 
 def seed_everything(seed: int) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from wsrl.data.buffer import ReplayBuffer
+from wsrl.data.buffer import ReplayBuffer, scale_rewards
 from wsrl.data.offline import returns_to_go
 from wsrl.domains import Task
 
@@ -175,7 +175,7 @@ class BufferWriter:
         self.pending: list[list[tuple[int, float]]] = [[] for _ in range(num_envs)]
 
     def __call__(self, tr: Transitions) -> None:
-        rewards = tr.rewards * self.scale + self.bias
+        rewards = scale_rewards(tr.rewards, self.scale, self.bias)
         idx = self.buffer.add(observations=tr.observations, actions=tr.actions, rewards=rewards,
                               next_observations=tr.next_observations, masks=1.0 - tr.terminated.astype(np.float32))
         for j, env in enumerate(tr.env_ids):
