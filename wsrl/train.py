@@ -30,7 +30,7 @@ from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
-from wsrl.recipes import pretrain_as
+from wsrl.recipes import pretrain_as, pretraining_owner
 from wsrl.schedule import LrSchedule, check_schedule
 
 
@@ -236,10 +236,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     if cfg.bc_steps and cfg.algo == "iql":
         raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
     check_schedule(cfg)
-    owner = pretrain_as(cfg.recipe)
-    if owner is None:
-        raise UserError(f"--recipe {cfg.recipe}: has no pretraining; run `wsrl finetune --recipe {cfg.recipe} --dataset ...`")
-    cfg = replace(cfg, recipe=owner)  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
+    cfg = replace(cfg, recipe=pretraining_owner(cfg.recipe))  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
     device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
