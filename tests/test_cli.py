@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY, random_rollouts, run_wsrl, write_d4rl
+from helpers import TINY, random_rollouts, run_wsrl, write_d4rl
 from wsrl.checkpoint import load_checkpoint
 
 

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl.checkpoint import list_checkpoints, load_checkpoint
 
 # A fixed thread count: float reductions (and so bit-exactness) depend on it.

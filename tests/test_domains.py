@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 from domain_data import (ADROIT, ANTMAZE, KITCHEN, adroit_d4rl_rows, adroit_episodes, antmaze_d4rl_rows,
                          antmaze_episodes, kitchen_d4rl_rows, kitchen_episodes, raw_env, write_d4rl, write_minari)
 from wsrl.data.buffer import ReplayBuffer

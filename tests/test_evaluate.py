@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl.config import EvaluateConfig
 from wsrl.envs import resolve_env
 from wsrl.evaluate import evaluate, evaluate_policy, renderer_problem, start_seeds

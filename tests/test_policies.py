@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 from wsrl.envs import resolve_env
 from wsrl.policies import TrainedPolicy, export_metadata, load_policy, read_policy, shipped_policies, shipped_policy_info
 

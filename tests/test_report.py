@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 
 pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")

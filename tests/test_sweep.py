@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import random_rollouts, run_wsrl, write_d4rl
+from helpers import random_rollouts, run_wsrl, write_d4rl
 from wsrl.checkpoint import list_checkpoints, run_finished as finished
 from wsrl.config import SweepConfig
 from wsrl.errors import UserError
