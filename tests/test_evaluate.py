@@ -131,6 +131,7 @@ def pendulum_policy(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_video_writes_an_mp4_with_osmesa(pendulum_policy, tmp_path, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "osmesa")
     problem = renderer_problem(resolve_env("InvertedPendulum-v5"))

@@ -113,6 +113,7 @@ def _evals(run: Path, step: int) -> list[dict]:
     return [r for r in rows if r["step"] == step and "eval/return" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the run processes die with their Ray worker on Linux only")
 def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(tmp_path):
     pytest.importorskip("ray")
