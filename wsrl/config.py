@@ -277,7 +277,7 @@ class PlotConfig:
     out: str = "learning_curve.png"
     """Output image path (.png, .pdf or .svg)."""
     labels: tuple[str, ...] = ()
-    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
+    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix (a sweep's <env>/<method>/seed<k>: the method)."""
     metric: str = "auto"
     """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +33,11 @@ from wsrl.checkpoint import run_finished
 from wsrl.config import ReportConfig
 from wsrl.errors import UserError
 from wsrl.metrics import read_evaluations, run_metrics
-from wsrl.plot import common_grid, default_label, pyplot
+from wsrl.plot import SEED_DIR, common_grid, default_label, pyplot
 
 NORMALIZED, RETURN = "eval/normalized_score", "eval/return"
 METRICS = ("handover", "dip", "final", "auc")
 STATISTICS = ("IQM", "median", "mean", "optimality gap")
-SEED_DIR = re.compile(r"^seed\d+$")
 BATCH = 1_000
 """Resamples evaluated at once: bounds the bootstrap's memory (resamples x runs x curve points)."""
 OPTIMAL = 100.0
