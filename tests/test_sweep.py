@@ -239,6 +239,19 @@ methods: {wsrl: {}, no-warmup: {recipe: wsrl-no-warmup, finetune: {utd: 2}}, bc:
     assert all(run.args[7:9] == ("--dataset", "hopper-medium-v2") for run in d4rl.values()), d4rl
 
 
+def test_envs_on_the_command_line_need_no_dataset_the_file_names_for_them(tmp_path):
+    write_d4rl(tmp_path / "local.hdf5", random_rollouts("Pendulum-v1", n=50))
+    text = """
+seeds = [0]
+methods = ["rlpd"]
+envs = { pend = { env = "Pendulum-v1", dataset = "elsewhere/pend.hdf5" }, other = { env = "Pendulum-v1", dataset = "gone.hdf5" } }
+"""
+    with pytest.raises(UserError, match="envs.other.dataset: no such file"):
+        _plan(tmp_path, text, envs=("pend=local.hdf5", "other"))
+    plan = _plan(tmp_path, text, envs=(f"pend={tmp_path / 'local.hdf5'}",))  # replaced, and other left out
+    assert list(plan) == ["pend/rlpd/seed0"] and plan["pend/rlpd/seed0"].args[7:9] == ("--dataset", str(tmp_path / "local.hdf5"))
+
+
 ENV = '[envs.pend]\nenv = "Pendulum-v1"\n'
 OK = "seeds = [0]\n" + ENV + "[methods.wsrl]\n"
 BAD = {
