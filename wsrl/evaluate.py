@@ -26,6 +26,7 @@ from wsrl.config import EvaluateConfig
 from wsrl.data.rollout import Collector, Episode, policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.runtime import resolve_device
 
 Frames = Callable[[np.ndarray], None]
 
@@ -155,7 +156,6 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
     Episodes, seed and step default to the run's and the checkpoint's, so a checkpoint's logged
     evaluation is reproduced."""
     from wsrl.policies import read_policy
-    from wsrl.train import resolve_device
 
     if cfg.episodes < 0:
         raise UserError(f"--episodes: must be positive (or 0 for the run's --eval-episodes), got {cfg.episodes}")

@@ -31,21 +31,8 @@ from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
 from wsrl.nets import ActorCritic
 from wsrl.recipes import pretrain_as, pretraining_owner
+from wsrl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from wsrl.schedule import LrSchedule, check_schedule
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: '{name}' is not a device (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return device
 
 
 def check_positive(**values: int) -> None:
@@ -88,24 +75,6 @@ def sparse_fail_reward(cfg: RunConfig, spec: EnvSpec) -> float | None:
         raise UserError(f"--sparse-reward: {spec.name}'s suite spec gives no reward of an unsuccessful step "
                         f"(fail_reward in envs/*.json), so failing episodes cannot be recognised")
     return scale_rewards(spec.fail_reward, cfg.reward_scale, cfg.reward_bias)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class DivergenceGuard:
