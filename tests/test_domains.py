@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -349,3 +353,40 @@ def test_pretrain_then_finetune_on_minari_and_d4rl_layouts(tmp_path, minari_data
         assert len(rates) == 2 and all(0.0 <= r <= 1.0 for r in rates + episodes)
         assert len(episodes) >= 2  # each training episode's success is logged when it ends
         assert ", success_rate " in capsys.readouterr().out.strip().splitlines()[-1]  # the final summary line
+
+
+def test_a_gymnasium_robotics_id_outside_the_suites_is_registered_and_gets_its_domain(tmp_path):
+    """AdroitHandDoorSparse-v1 is in no envs/*.json: a new process (where nothing registered
+    Gymnasium-Robotics yet) pretrains on a Minari dataset recorded on it, with adroit's rules."""
+    env_id = "AdroitHandDoorSparse-v1"
+    assert all(env_id not in f.read_text() for f in (Path(__file__).parents[1] / "envs").glob("*.json"))
+    spec = resolve_env(env_id)
+    assert (spec.domain, spec.reward_scale, spec.fail_reward, spec.kwargs) == ("adroit", 10.0, -1.0, {})
+    env = make_env(spec)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(env.action_space.sample())
+    assert (reward, terminated, info["success"]) == (-1.0, False, 0.0)  # not 10 / -0.1: adroit's binary reward
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+        write_minari("local/door-sparse-v0", raw_env(env_id), adroit_episodes(env_id=env_id))
+    out = tmp_path / "pre"
+    done = subprocess.run([sys.executable, "-m", "wsrl.cli", "pretrain", "--env", env_id, "--dataset",
+                           "minari:local/door-sparse-v0", "--out", str(out), "--steps", "10", "--eval-every", "10",
+                           "--cql-n-actions", "2", *TINY], env={**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval/success_rate"] for r in rows if "eval/success_rate" in r] == [0.0]
+    assert json.loads((out / "config.json").read_text())["env"] == env_id
+
+
+def test_an_id_of_an_installed_env_package_is_registered_when_gymnasium_does_not_know_it():
+    probe = ("import gymnasium as gym; from wsrl.envs import make_env, resolve_env; known = 'PointMaze_UMaze-v3' in gym.registry; "
+             "env = make_env(resolve_env('PointMaze_UMaze-v3')); print(known, env.observation_space.shape, env.action_space.shape)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[0] == "False (8,) (2,)", done.stdout + done.stderr[-2000:]
+
+
+def test_an_antmaze_id_whose_goal_moves_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"--env AntMaze_UMaze-v5: its maze draws the goal from 7 cells"):
+        make_env(resolve_env("AntMaze_UMaze-v5"))

@@ -384,6 +384,8 @@ class SweepConfig:
     """Flags added to every fine-tuning run, over the file's; with =: --finetune-flags="--steps 30000"."""
     address: str = ""
     """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
+    connect_timeout: float = 60.0
+    """Seconds to wait for the --address cluster to answer; past it the sweep stops with exit status 2."""
     cpus_per_run: int = 1
     """CPUs Ray reserves for each run; also the run's torch threads (--threads)."""
     gpus_per_run: float = 0.0

@@ -131,6 +131,12 @@ class AntMaze(Domain):
         return [*sorted_layout(space["achieved_goal"], "achieved_goal/"), *sorted_layout(space["observation"], "observation/")]
 
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
+        goals = len(env.unwrapped.maze.unique_goal_locations)
+        if goals != 1:
+            # D4RL's observation leaves the goal out, which only a maze with one goal cell allows.
+            raise UserError(f"--env {spec.name}: its maze draws the goal from {goals} cells each episode; wsrl's antmaze "
+                            f"observation (D4RL's) has no goal in it, so the maze needs one goal cell (a maze_map "
+                            f"with one 'g', as the antmaze suite's envs have)")
         return _AntMazeTask(env, self.SUCCESS_RADIUS)
 
     def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
@@ -46,6 +48,9 @@ class EnvSpec:
 
 SHARED = ("domain", "reward_scale", "reward_bias", "sparse_reward", "fail_reward", "requires")
 """Suite-level fields of envs/*.json, shared by every env of the suite."""
+ENV_PACKAGES = ("gymnasium_robotics", "shimmy", "panda_gym")
+"""Installed packages that register Gymnasium envs when imported: an --env id not in Gymnasium's
+registry may be one of theirs, so each installed one is registered before the id is refused."""
 
 
 def _suites() -> list[dict]:
@@ -74,7 +79,22 @@ def resolve_env(name: str) -> EnvSpec:
                 return _spec(entry, shared)
             if name in entry["d4rl"]:
                 return _spec(entry, shared, d4rl_name=name, d4rl_file=entry["d4rl"][name])
+    for suite in _suites():
+        # Another id of the suite's env family (``family`` in envs/*.json, e.g. AdroitHandDoorSparse-v1):
+        # its domain's rewards, success and episode ends, on the env's own settings and time limit.
+        if suite.get("family") and re.fullmatch(suite["family"], name):
+            return EnvSpec(id=name, name=name, **{k: suite[k] for k in SHARED})
     return EnvSpec(id=name, name=name)
+
+
+def _register_installed_envs() -> None:
+    for package in ENV_PACKAGES:
+        if importlib.util.find_spec(package) is None:
+            continue
+        try:
+            gym.register_envs(importlib.import_module(package))
+        except ImportError:  # installed without its own dependencies: it registers nothing
+            continue
 
 
 class _FlattenDictObs(gym.ObservationWrapper):
@@ -120,6 +140,8 @@ def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
         except ImportError:
             raise UserError(f"--env {spec.id}: needs the '{spec.requires}' package (pip install {spec.requires.replace('_', '-')})") from None
         gym.register_envs(importlib.import_module(spec.requires))
+    elif spec.id not in gym.registry:
+        _register_installed_envs()
     kwargs = {"max_episode_steps": spec.max_episode_steps} if spec.max_episode_steps else {}
     domain = domain_of(spec)
     domain.prepare()
