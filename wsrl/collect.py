@@ -34,7 +34,8 @@ from wsrl.atomic import atomic_write, fsync, fsync_tree
 from wsrl.config import CollectConfig
 from wsrl.data.buffer import ReplayBuffer, unscale_rewards
 from wsrl.data.offline import WSRL_COLLECT_ALGORITHM
-from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
 from wsrl.policies import check_policy_env, load_policy
 from wsrl.runtime import resolve_device

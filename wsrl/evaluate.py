@@ -24,7 +24,8 @@ import torch
 from wsrl.atomic import atomic_write
 from wsrl.config import EvaluateConfig
 from wsrl.data.rollout import Collector, Episode, policy_actions
-from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_env, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
 from wsrl.runtime import resolve_device
 
@@ -122,7 +123,7 @@ def renderer_problem(spec: EnvSpec) -> str | None:
 
     Tried in a child process: a missing GL backend fails deep inside MuJoCo or PyOpenGL, some
     drivers abort the process, and the failed renderer's finalizers print tracebacks at exit."""
-    probe = ("import sys; from wsrl.envs import make_env, resolve_env; "
+    probe = ("import sys; from wsrl.envs import make_env; from wsrl.specs import resolve_env; "
              "env = make_env(resolve_env(sys.argv[1]), render_mode='rgb_array'); env.reset(seed=0); "
              "frame = env.render(); env.close(); "
              "sys.exit(0 if frame is not None and frame.size else 'the env rendered no image')")

@@ -22,9 +22,11 @@ from wsrl.atomic import atomic_write
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed, scale_rewards
-from wsrl.data.offline import OfflineData, load_dataset, validate
+from wsrl.data.offline import OfflineData, validate
+from wsrl.data.adapt import load_dataset
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
-from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_env, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import DivergenceError, UserError
 from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
