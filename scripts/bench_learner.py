@@ -4,12 +4,13 @@
 
 Measures, interleaved round by round so that a shared machine's load hits all of them alike:
   peak       fp32 matmul throughput of this device (large square GEMM, same thread setting)
-  wsrl       the WSRL online update at its published defaults (HalfCheetah: obs 17, act 6; 10
-             critics, target min over 2; 256x2 + LayerNorm; batch 1024 = 4 critic minibatches
-             of 256, then one actor and one temperature step on all 1024), via wsrl.fast
+  wsrl       the WSRL online update as the wsrl recipe runs it on locomotion (HalfCheetah: obs 17,
+             act 6; 10 critics, target min over 2, no max-target backup; 256x2 + LayerNorm; batch
+             1024 = 4 critic minibatches of 256, then one actor and one temperature step on all
+             1024), via wsrl.fast
   reference  the same update written the way most PyTorch code does it (below)
-  cql        the CQL pretraining update at its defaults (10 actions of each kind, 10 critics,
-             batch 256)
+  cql        the CQL pretraining update of the wsrl recipe on locomotion (10 actions of each kind,
+             10 critics, max-target backup over 10 next actions, batch 256)
 Reported: env-steps/s (one WSRL update per env step), critic updates/s, updates/s, the FLOPs of
 one update counted analytically, achieved GFLOP/s and the fraction of peak, ours / reference.
 Figures are medians over rounds; compare ratios, not absolute numbers, on a shared machine.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -30,10 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsrl.agents import CQL, SAC
-from wsrl.config import AgentConfig, FinetuneConfig, NetConfig
+from wsrl.config import AgentConfig, NetConfig
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.fast import auto_threads, configure_cpu, make_update
 from wsrl.nets import ActorCritic
+from wsrl.recipes import finetune_defaults, pretrain_defaults
 
 OBS, ACT = 17, 6  # HalfCheetah
 
@@ -222,23 +225,27 @@ def random_buffer(device: torch.device, n: int = 100_000) -> ReplayBuffer:
 
 def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threads: int) -> dict:
     torch.manual_seed(0)
-    run_cfg = FinetuneConfig(compile=compile_, threads=threads)
+    # The settings come from the recipe, not the dataclass defaults: AgentConfig's
+    # max_target_backup=True is CQL's, and an online SAC update with it samples 10 next actions
+    # per state for the TD target, and took ~1.5x the time of the WSRL update the recipe runs.
+    online, offline = finetune_defaults("", "wsrl", None, None), pretrain_defaults("", "wsrl", None)
+    run_cfg = dataclasses.replace(online, compile=compile_, threads=threads)
     # 0 = the cores not kept busy by other processes: on a shared machine an OpenMP team that
     # shares a core with a busy process stalls at every barrier and the figures mean nothing.
     threads_used = configure_cpu(threads or auto_threads()) if device.type == "cpu" else torch.get_num_threads()
-    net, agent_cfg, batch, utd = NetConfig(), AgentConfig(), run_cfg.batch_size, run_cfg.utd
+    net, agent_cfg, batch, utd = online.net, online.agent, run_cfg.batch_size, run_cfg.utd
     buf = random_buffer(device)
 
     wsrl = SAC(ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device), agent_cfg, net)
     plain = PlainWSRL(wsrl.model, net, agent_cfg)
-    cql = CQL(ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device), agent_cfg, net)
+    cql = CQL(ActorCritic(OBS, ACT, offline.net, 1.0, offline.agent.cql_alpha).to(device), offline.agent, offline.net)
     wsrl_update = make_update(wsrl, run_cfg, device)
     cql_update = make_update(cql, run_cfg, device)
     cases = {
         "peak": lambda s: measure_peak(device, s),
         "wsrl": lambda s: timed(lambda: wsrl_update(buf.sample(utd, batch // utd)), device, s),
         "reference": lambda s: timed(lambda: plain.update(buf.sample(utd, batch // utd)), device, s),
-        "cql": lambda s: timed(lambda: cql_update(buf.sample(1, 256)), device, s),
+        "cql": lambda s: timed(lambda: cql_update(buf.sample(1, offline.batch_size)), device, s),
     }
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
@@ -247,7 +254,7 @@ def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threa
     med = {k: statistics.median(v) for k, v in samples.items()}
 
     peak = med["peak"]
-    wf, cf = wsrl_flops(net, batch, utd), cql_flops(net, 256, agent_cfg.cql_n_actions)
+    wf, cf = wsrl_flops(net, batch, utd), cql_flops(offline.net, offline.batch_size, offline.agent.cql_n_actions)
     buf_bytes = ReplayBuffer(1, OBS, ACT, "cpu").bytes_per_transition
     return {
         "device": str(device), "threads": threads_used, "compile": compile_, "rounds": rounds,
