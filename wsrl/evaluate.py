@@ -23,6 +23,8 @@ from wsrl.config import EvaluateConfig
 from wsrl.data.rollout import policy_actions
 from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.nets import set_precision
+from wsrl.precision import effective_precision
 
 Frames = Callable[[np.ndarray], None]
 
@@ -157,6 +159,7 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
     episodes = cfg.episodes or int(policy.run_config.get("eval_episodes", 20))
     seed = cfg.seed if cfg.seed is not None else int(policy.run_config.get("seed", 0))
     actor = policy.actor(device, cfg.source)
+    set_precision(actor, effective_precision(cfg.precision or policy.run_config.get("precision", "fp32"), device))
     torch.manual_seed(seed)  # after building the actor (its init draws numbers): sampled actions are reproducible
     metrics = evaluate(actor, spec, episodes, seed, device, deterministic=not cfg.sampled, video=cfg.video or None)
     summary = {**metrics, "episodes": float(episodes), "seed": float(seed)}

@@ -29,7 +29,8 @@ from wsrl.errors import DivergenceError, UserError
 from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
-from wsrl.nets import ActorCritic
+from wsrl.nets import ActorCritic, set_precision
+from wsrl.precision import effective_precision
 from wsrl.recipes import pretrain_as
 from wsrl.schedule import LrSchedule, check_schedule
 
@@ -46,6 +47,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def setup_device(cfg: RunConfig) -> tuple[torch.device, RunConfig]:
+    """The run's device, its CPU threads set before anything computes (so every run uses the same
+    threads), and the config with the precision that will run there (saved in config.json)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        configure_cpu(cfg.threads)
+    return device, replace(cfg, precision=effective_precision(cfg.precision, device))
 
 
 def check_positive(**values: int) -> None:
@@ -136,6 +146,7 @@ class DivergenceGuard:
 
 def build_agent(cfg: RunConfig, net: NetConfig, algo: str, obs_dim: int, act_dim: int, device: torch.device) -> SAC:
     model = ActorCritic(obs_dim, act_dim, net, cfg.agent.init_temperature, cfg.agent.cql_alpha).to(device)
+    set_precision(model, cfg.precision)
     return AGENTS[algo](model, cfg.agent, net)
 
 
@@ -240,9 +251,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     if owner is None:
         raise UserError(f"--recipe {cfg.recipe}: has no pretraining; run `wsrl finetune --recipe {cfg.recipe} --dataset ...`")
     cfg = replace(cfg, recipe=owner)  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    device, cfg = setup_device(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
     fail_reward = sparse_fail_reward(cfg, spec)
@@ -346,9 +355,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if cfg.actor_update_delay < 0:
         raise UserError(f"--actor-update-delay {cfg.actor_update_delay}: must be at least 0")
     check_schedule(cfg)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    device, cfg = setup_device(cfg)
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
