@@ -27,6 +27,8 @@ from wsrl.data.rollout import Collector, Episode, policy_actions
 from wsrl.envs import env_dims, make_env, make_vector_env
 from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.nets import set_precision
+from wsrl.precision import effective_precision
 from wsrl.runtime import resolve_device
 
 Frames = Callable[[np.ndarray], None]
@@ -175,6 +177,7 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
     seed = cfg.seed if cfg.seed is not None else int(policy.run_config.get("seed", 0))
     step = cfg.step if cfg.step is not None else int(policy.description.get("step") or 0)
     actor = policy.actor(device, cfg.source)
+    set_precision(actor, effective_precision(cfg.precision or policy.run_config.get("precision", "fp32"), device))
     torch.manual_seed(seed)  # after building the actor (its init draws numbers): sampled actions are reproducible
     metrics = evaluate(actor, spec, episodes, seed, step, device, deterministic=not cfg.sampled, video=cfg.video or None)
     summary = {**metrics, "episodes": float(episodes), "seed": float(seed), "starts_of_step": float(step)}

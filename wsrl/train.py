@@ -31,10 +31,20 @@ from wsrl.errors import DivergenceError, UserError
 from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger
-from wsrl.nets import ActorCritic
+from wsrl.nets import ActorCritic, set_precision
+from wsrl.precision import effective_precision
 from wsrl.recipes import pretrain_as, pretraining_owner
 from wsrl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from wsrl.schedule import LrSchedule, check_schedule
+
+
+def setup_device(cfg: RunConfig) -> tuple[torch.device, RunConfig]:
+    """The run's device, its CPU threads set before anything computes (so every run uses the same
+    threads), and the config with the precision that will run there (saved in config.json)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        configure_cpu(cfg.threads)
+    return device, replace(cfg, precision=effective_precision(cfg.precision, device))
 
 
 def check_positive(**values: int) -> None:
@@ -107,6 +117,7 @@ class DivergenceGuard:
 
 def build_agent(cfg: RunConfig, net: NetConfig, algo: str, obs_dim: int, act_dim: int, device: torch.device) -> SAC:
     model = ActorCritic(obs_dim, act_dim, net, cfg.agent.init_temperature, cfg.agent.cql_alpha).to(device)
+    set_precision(model, cfg.precision)
     return AGENTS[algo](model, cfg.agent, net)
 
 
@@ -208,9 +219,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
         raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
     check_schedule(cfg)
     cfg = replace(cfg, recipe=pretraining_owner(cfg.recipe))  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    device, cfg = setup_device(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
     fail_reward = sparse_fail_reward(cfg, spec)
@@ -314,9 +323,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if cfg.actor_update_delay < 0:
         raise UserError(f"--actor-update-delay {cfg.actor_update_delay}: must be at least 0")
     check_schedule(cfg)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    device, cfg = setup_device(cfg)
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
