@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch keeps the install small; a CUDA machine can `pip install torch` itself.
 TORCH ?= torch==2.13.0
+# Extra pytest flags, e.g. make test PYTEST_ARGS="-x -k sweep".
+PYTEST_ARGS ?=
 
 .PHONY: test demo install clean
 
@@ -17,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # From the shipped CQL checkpoint, fine-tune with WSRL and without warmup side by side, plot both,
 # print hand-over / dip / final (runs/demo/; see docs/demo.md). SEED=1 make demo; PRETRAIN=1 make demo

@@ -99,7 +99,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from wsrl.config import EvaluateConfig
-    from wsrl.envs import normalized_score, resolve_env
+    from wsrl.specs import normalized_score, resolve_env
     from wsrl.evaluate import evaluate_policy
     from wsrl.metrics import DIP_WINDOW, final_window_start, run_metrics
 

@@ -4,8 +4,8 @@ updates after the actor starts, per variant, mean and spread over seeds, written
     python scripts/dip_table.py runs/study_dip/sweep/hopper --variants constant wsd --seeds 0 1 2 --doc docs/dip.md
 
 It reads the sweep's run tree under one env, ``<env>/<variant>/seed<k>`` (a variant is a method of
-the sweep). A run counts once it has finished (its newest checkpoint is at its --steps, as for
-`wsrl sweep` and `wsrl report`); the others are listed as missing, and the table says it is partial.
+the sweep). A run counts once it has finished (its evaluations reach its --steps, as for `wsrl
+report`); the others are listed as missing, and the table says it is partial.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsrl.checkpoint import run_finished
-from wsrl.metrics import read_evaluations, run_metrics
+from wsrl.metrics import reached_its_steps, read_evaluations, run_metrics
 
 START, END = "<!-- dip-table:start -->", "<!-- dip-table:end -->"
 COLUMNS = (("handover", "hand-over"), ("dip", "dip"), ("dip_fraction", "dip / hand-over"), ("final", "final"),
@@ -51,7 +50,7 @@ def table(env_dir: Path, variants: list[str], seeds: list[str]) -> str:
         metrics = {}
         for seed in seeds:
             run = env_dir / variant / f"seed{seed}"
-            if run_finished(run):
+            if (run / "metrics.jsonl").is_file() and reached_its_steps(run):
                 metrics[seed] = {**run_metrics(run).as_dict(), "actor_1k": actor_1k(run)}
             else:
                 missing.append(f"{variant}/seed{seed}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from wsrl.envs import normalized_score, resolve_env
+from wsrl.specs import normalized_score, resolve_env
 from wsrl.evaluate import evaluate
 from wsrl.policies import export_policy, read_policy
 

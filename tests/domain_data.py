@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from wsrl.domains import domain_of
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 
 ANTMAZE = "antmaze-umaze-v2"
 ADROIT = "door-human-v1"
@@ -103,11 +103,11 @@ def antmaze_d4rl_rows(episodes: list[dict], offset: np.ndarray) -> dict[str, np.
     return {k: np.concatenate(v) for k, v in cols.items()}
 
 
-def adroit_episodes(steps: int = 30) -> list[dict]:
+def adroit_episodes(steps: int = 30, env_id: str = ADROIT) -> list[dict]:
     """Two door episodes of random actions in the real env; the goal flags are set by hand (random
     actions never open the door): episode 0 achieves it at steps 20-22 and loses it again, as Cal-QL's
     data does, episode 1 never does. infos/success has T+1 entries, the reset's False first."""
-    env = raw_env(ADROIT)
+    env = raw_env(env_id)
     rng = np.random.default_rng(1)
     episodes = []
     for k in range(2):

@@ -10,7 +10,8 @@ import torch
 from helpers import random_rollouts, write_d4rl
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
 from wsrl.data.offline import OfflineData, read_d4rl_hdf5, read_minari, returns_to_go, validate
-from wsrl.envs import make_env, resolve_env
+from wsrl.envs import make_env
+from wsrl.specs import resolve_env
 from wsrl.errors import UserError
 
 

@@ -13,7 +13,7 @@ import torch
 
 from helpers import TINY, run_wsrl
 from wsrl.config import EvaluateConfig
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 from wsrl.evaluate import evaluate, evaluate_policy, renderer_problem, start_seeds
 
 

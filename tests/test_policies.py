@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import run_wsrl
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 from wsrl.policies import TrainedPolicy, export_metadata, load_policy, read_policy, shipped_policies, shipped_policy_info
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -28,7 +29,8 @@ def _run(folder, env, seed, final, normalized=True, finished=True):
                                                     "warmup_steps": 5_000, "steps": 40_000}))
     key = "eval/normalized_score" if normalized else "eval/return"
     rows = [{"step": s, "phase": "online", key: v, **({"eval/return": 10 * v} if normalized else {})}
-            for s, v in [(0, HANDOVER), (10_000, 0.0), (20_000, final / 2), (30_000, final), (40_000, final)]]
+            for s, v in [(0, HANDOVER), (10_000, 0.0), (20_000, final / 2), (30_000, final), (40_000, final)]
+            if finished or s <= 20_000]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "checkpoints" / f"step_{40_000 if finished else 20_000:09d}").mkdir(parents=True)
 
@@ -149,3 +151,17 @@ def test_report_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists() and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_report_of_metrics_copied_without_checkpoints_is_the_same_and_names_the_unfinished(tmp_path):
+    _sweep_tree(tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "copied", ignore=shutil.ignore_patterns("checkpoints"))
+    assert not list((tmp_path / "copied").rglob("checkpoints"))
+    reports = {}
+    for tree in ("full", "copied"):
+        assert run_wsrl("report", tmp_path / tree, "--out", tmp_path / f"report-{tree}", "--resamples", 200) == 0
+        reports[tree] = {f: (tmp_path / f"report-{tree}" / f).read_text().replace(str(tmp_path / tree), "TREE")
+                         for f in ("report.md", "runs.csv", "per_env.csv", "aggregates.csv", "profiles.csv")}
+    assert reports["copied"] == reports["full"]
+    text = reports["copied"]["report.md"]
+    assert "28 finished fine-tuning runs" in text and "Left out, not finished: TREE/a/A/seed9." in text

@@ -15,9 +15,9 @@ import pytest
 from domain_data import ANTMAZE, antmaze_d4rl_rows, antmaze_episodes, write_d4rl
 from helpers import run_wsrl
 from wsrl.checkpoint import run_finished
-from wsrl.envs import resolve_env
 from wsrl.grid import read_sweep_file
 from wsrl.recipes import recipe_names
+from wsrl.specs import resolve_env
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = "scripts/reproduce_antmaze.toml"

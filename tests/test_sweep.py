@@ -23,8 +23,23 @@ from wsrl.config import SweepConfig
 from wsrl.errors import UserError
 from wsrl.grid import load_sweep, plan_runs
 
-# Usage stats off; token authentication kept on, which a driver joining a cluster must ask for.
+# Usage stats off; token authentication on, which a driver joining a cluster must ask for. The token
+# itself each test makes in its own folder (_ray_token): nothing comes from the home folder.
 RAY_ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    RAY_ENV.pop(name, None)
+HEAD_START_SECONDS = 120
+
+
+def _ray_token(folder: Path) -> dict:
+    """RAY_ENV with a token of this test's own: `ray get-auth-token --generate` writes it into the
+    home folder it is given, here ``folder``; head, drivers and workers read it from RAY_AUTH_TOKEN_PATH."""
+    made = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"],
+                          env={**RAY_ENV, "HOME": str(folder)}, capture_output=True, text=True, timeout=120)
+    token = folder / ".ray" / "auth_token"
+    assert made.returncode == 0 and token.is_file(), made.stdout + made.stderr
+    return {**RAY_ENV, "RAY_AUTH_TOKEN_PATH": str(token)}
+
 
 GRID = """
 seeds = [0, 1]
@@ -79,22 +94,34 @@ def _grid(folder: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _ray_head():
-    """`ray start --head` on a free port with its own (short: socket paths) temp folder; --block
-    makes SIGTERM to it stop every process it started."""
+def _ray_head(env: dict):
+    """`ray start --head` on a free port with its own (short: socket paths) temp folder, up and
+    answering before it is used; --block makes SIGTERM to it stop every process it started."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="wsrl-ray-", dir="/tmp")
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}", "--block"],
-                            env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        shutil.rmtree(temp, ignore_errors=True)
+    ray = str(Path(sys.executable).with_name("ray"))
+    with open(Path(temp) / "head.log", "w+") as log:
+        head = subprocess.Popen([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                                 f"--temp-dir={temp}", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + HEAD_START_SECONDS
+            while True:
+                # `ray status` answers once the head's GCS is up and accepts this token.
+                up = subprocess.run([ray, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True,
+                                    timeout=HEAD_START_SECONDS)
+                if up.returncode == 0:
+                    break
+                log.seek(0)
+                assert head.poll() is None and time.monotonic() < deadline, \
+                    f"`ray start --head` {'exited' if head.poll() is not None else 'is not up'}:\n{log.read()[-3000:]}"
+                time.sleep(1)
+            yield f"127.0.0.1:{port}"
+        finally:
+            head.terminate()
+            head.wait(timeout=60)
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _session(sid: int) -> list[int]:
@@ -117,15 +144,15 @@ def _evals(run: Path, step: int) -> list[dict]:
 @pytest.mark.skipif(sys.platform != "linux", reason="the run processes die with their Ray worker on Linux only")
 def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(tmp_path):
     pytest.importorskip("ray")
-    grid, out = _grid(tmp_path), tmp_path / "sweep"
+    grid, out, env = _grid(tmp_path), tmp_path / "sweep", _ray_token(tmp_path)
     good = [f"{env}/{method}/seed{seed}" for env in ("pendulum", "invpend") for method in ("wsrl", "no-warmup") for seed in (0, 1)]
     pretrains = [f"{env}/_pretrain/wsrl/seed{seed}" for env in ("pendulum", "invpend") for seed in (0, 1)]
-    with _ray_head() as address:
+    with _ray_head(env) as address:
         # First pass on a local Ray of its own; SIGKILL every process of the driver's session (as a
         # crash would) as soon as a fine-tuning run has a checkpoint but is not finished.
         cmd = [sys.executable, "-m", "wsrl.cli", "sweep", str(grid), "--out", str(out)]
         with open(tmp_path / "pass1.log", "w") as log:
-            driver = subprocess.Popen(cmd, env=RAY_ENV, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
             deadline, killed = time.monotonic() + 300, False
             while driver.poll() is None and time.monotonic() < deadline:
@@ -148,7 +175,16 @@ def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(t
         logs = {run: (out / "_sweep/logs" / f"{run}.log").read_text() for run in runs if (out / "_sweep/logs" / f"{run}.log").exists()}
         assert len(done_before) < len(runs)
 
-        second = subprocess.run([*cmd, "--address", address], env=RAY_ENV, cwd=tmp_path, capture_output=True, text=True)
+        # Without the cluster's token: one line, exit 2, the tree as it was.
+        (tmp_path / "home").mkdir()
+        plan = (out / "_sweep/plan.json").read_text()
+        refused = subprocess.run([*cmd, "--address", address], env={**RAY_ENV, "HOME": str(tmp_path / "home")},
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert f"--address {address}: cannot join" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr
+        assert (out / "_sweep/plan.json").read_text() == plan
+        second = subprocess.run([*cmd, "--address", address], env=env, cwd=tmp_path, capture_output=True, text=True,
+                                timeout=600)
     assert second.returncode == 1, second.stdout + second.stderr  # the broken env's runs
     assert f"Ray at {address}" in second.stdout
 
@@ -301,3 +337,29 @@ def test_rerun_with_other_flags_for_a_started_run_is_refused(tmp_path, capsys):
         from wsrl.sweep import sweep
 
         sweep(SweepConfig(out=str(other), envs=("Pendulum-v1",), methods=("wsrl",), seeds=(0,)))
+
+
+@pytest.mark.slow
+def test_sweep_address_where_no_cluster_answers_is_one_line_exit_2_in_bounded_time(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "wsrl.cli", "sweep", "--envs", "Pendulum-v1", "--methods", "wsrl", "--seeds", "0",
+           "--out", str(out), "--address"]
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        nothing = f"127.0.0.1:{s.getsockname()[1]}"
+    with socket.socket() as silent:  # accepts connections, never speaks Ray's protocol
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        mute = f"127.0.0.1:{silent.getsockname()[1]}"
+        for address, flags, expected in [
+                (nothing, [], f"--address {nothing}: nothing is listening there"),
+                (mute, ["--connect-timeout", "5"], f"--address {mute}: no Ray cluster answered within 5 s "
+                                                   f"(--connect-timeout); is it a Ray head")]:
+            start = time.monotonic()
+            done = subprocess.run([*cmd, address, *flags], env=RAY_ENV, capture_output=True, text=True, timeout=90)
+            assert done.returncode == 2 and time.monotonic() - start < 90, done.stdout + done.stderr
+            err = done.stderr.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"wsrl sweep: error: {expected}"), done.stderr
+            assert "RAY_AUTH_MODE=token" in err[0] or "nothing is listening" in err[0]
+            assert not out.exists()

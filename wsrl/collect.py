@@ -34,9 +34,11 @@ from wsrl.atomic import atomic_write, fsync, fsync_tree
 from wsrl.config import CollectConfig
 from wsrl.data.buffer import ReplayBuffer, unscale_rewards
 from wsrl.data.offline import WSRL_COLLECT_ALGORITHM
-from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
 from wsrl.policies import check_policy_env, load_policy
+from wsrl.runtime import resolve_device
 
 COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -232,7 +234,6 @@ def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces
 
 def collect(cfg: CollectConfig) -> dict[str, float]:
     """Everything is checked before any env is stepped; nothing is written until all data is in memory."""
-    from wsrl.train import resolve_device
 
     if not cfg.out:
         raise UserError("--out: no output given (an .hdf5 path, or a Minari dataset id with --format minari)")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from wsrl.errors import UserError
+from wsrl.precision import Precision
 from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule
 
 Algo = Literal["cql", "calql", "iql"]
@@ -140,6 +141,10 @@ class RunConfig:
     """On CUDA, capture the whole per-step update as one CUDA graph (CUDA only; CPU has no graphs)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default (one per physical core). Use fewer when other busy processes share the cores."""
+    precision: Precision = "fp32"
+    """Precision of the hidden layers' matmuls (critics, actor, value net): fp32, or bf16 where the hardware multiplies
+    bf16 natively (CPUs with avx512_bf16/amx_bf16, CUDA sm80+; elsewhere it says so and runs fp32). Weights, Adam,
+    output heads, losses and targets stay fp32 (docs/performance.md). Checkpoints load in either precision."""
     lr_schedule: Schedule = "constant"
     """Learning rate over the updates, counted from the first (after the warmup): constant; rewarm (linear from
     lr_warmup_start x lr to lr over lr_warmup_updates); wsd (rewarm, then linear decay to lr_final x lr over the
@@ -304,6 +309,9 @@ class EvaluateConfig:
     """Device the policy runs on."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    precision: Precision | None = None
+    """Precision of the actor's hidden layers (see `wsrl finetune --help`); default the run's (fp32 for a shipped
+    policy), which reproduces the run's logged evaluations."""
 
 
 @dataclass
@@ -384,6 +392,8 @@ class SweepConfig:
     """Flags added to every fine-tuning run, over the file's; with =: --finetune-flags="--steps 30000"."""
     address: str = ""
     """Ray cluster to join (HOST:PORT, or auto for one started by `ray start` here); empty starts a Ray for this sweep."""
+    connect_timeout: float = 60.0
+    """Seconds to wait for the --address cluster to answer; past it the sweep stops with exit status 2."""
     cpus_per_run: int = 1
     """CPUs Ray reserves for each run; also the run's torch threads (--threads)."""
     gpus_per_run: float = 0.0

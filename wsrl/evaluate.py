@@ -24,8 +24,12 @@ import torch
 from wsrl.atomic import atomic_write
 from wsrl.config import EvaluateConfig
 from wsrl.data.rollout import Collector, Episode, policy_actions
-from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_env, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.nets import set_precision
+from wsrl.precision import effective_precision
+from wsrl.runtime import resolve_device
 
 Frames = Callable[[np.ndarray], None]
 
@@ -121,7 +125,7 @@ def renderer_problem(spec: EnvSpec) -> str | None:
 
     Tried in a child process: a missing GL backend fails deep inside MuJoCo or PyOpenGL, some
     drivers abort the process, and the failed renderer's finalizers print tracebacks at exit."""
-    probe = ("import sys; from wsrl.envs import make_env, resolve_env; "
+    probe = ("import sys; from wsrl.envs import make_env; from wsrl.specs import resolve_env; "
              "env = make_env(resolve_env(sys.argv[1]), render_mode='rgb_array'); env.reset(seed=0); "
              "frame = env.render(); env.close(); "
              "sys.exit(0 if frame is not None and frame.size else 'the env rendered no image')")
@@ -155,7 +159,6 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
     Episodes, seed and step default to the run's and the checkpoint's, so a checkpoint's logged
     evaluation is reproduced."""
     from wsrl.policies import read_policy
-    from wsrl.train import resolve_device
 
     if cfg.episodes < 0:
         raise UserError(f"--episodes: must be positive (or 0 for the run's --eval-episodes), got {cfg.episodes}")
@@ -174,6 +177,7 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
     seed = cfg.seed if cfg.seed is not None else int(policy.run_config.get("seed", 0))
     step = cfg.step if cfg.step is not None else int(policy.description.get("step") or 0)
     actor = policy.actor(device, cfg.source)
+    set_precision(actor, effective_precision(cfg.precision or policy.run_config.get("precision", "fp32"), device))
     torch.manual_seed(seed)  # after building the actor (its init draws numbers): sampled actions are reproducible
     metrics = evaluate(actor, spec, episodes, seed, step, device, deterministic=not cfg.sampled, video=cfg.video or None)
     summary = {**metrics, "episodes": float(episodes), "seed": float(seed), "starts_of_step": float(step)}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from wsrl.config import FinetuneConfig, PretrainConfig, SweepConfig
 from wsrl.errors import UserError
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 from wsrl.recipes import finetune_settings, load_recipe, pretrain_as, pretraining_owner
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

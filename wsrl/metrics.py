@@ -85,6 +85,14 @@ def read_evaluations(run_dir: str | Path, metric: str = "eval/normalized_score")
     return steps, [points[s] for s in steps]
 
 
+def reached_its_steps(run_dir: str | Path) -> bool:
+    """A run's evaluations reach its --steps (config.json): it finished, whether or not its
+    checkpoints were kept (every run evaluates at its last step)."""
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    steps, _ = read_evaluations(run_dir, "eval/return")
+    return bool(steps) and steps[-1] >= config["steps"]
+
+
 def run_metrics(run_dir: str | Path, metric: str = "eval/normalized_score") -> OnlineMetrics:
     """`online_metrics` of a fine-tuning run directory, with its warmup and length from config.json."""
     run_dir = Path(run_dir)

@@ -27,7 +27,8 @@ from wsrl import __version__
 from wsrl.atomic import atomic_write
 from wsrl.config import ExportConfig, ExportFormat
 from wsrl.domains import domain_of
-from wsrl.envs import EnvSpec, env_dims, make_env, resolve_env
+from wsrl.envs import env_dims, make_env
+from wsrl.specs import EnvSpec, resolve_env
 from wsrl.errors import UserError
 
 METADATA_KEY = "wsrl"

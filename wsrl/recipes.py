@@ -99,7 +99,7 @@ def finetune_settings(recipe: str, domain: str, with_networks: bool) -> dict:
 
 
 def _domain(env: str) -> str:
-    from wsrl.envs import resolve_env
+    from wsrl.specs import resolve_env
 
     return resolve_env(env).domain if env else "locomotion"
 

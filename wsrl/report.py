@@ -11,7 +11,9 @@ with one sample per env resamples each env independently, which is the stratifie
 
 Runs are found under the given folders by their ``config.json`` (``kind: finetune``); a run
 ``.../<env>/<method>/seed<k>`` (the layout of `wsrl sweep`) is labelled by its folders, any other
-by its env and its folder name without a seed suffix. Unfinished runs are left out and named.
+by its env and its folder name without a seed suffix. A run is finished when its evaluations reach
+its ``--steps``, so results copied without their checkpoints report the same; unfinished runs are
+left out and named.
 """
 
 from __future__ import annotations
@@ -29,10 +31,9 @@ except ImportError:  # `wsrl report` says what to install
     stats = None
 
 from wsrl.atomic import replace_dir
-from wsrl.checkpoint import run_finished
 from wsrl.config import ReportConfig
 from wsrl.errors import UserError
-from wsrl.metrics import read_evaluations, run_metrics
+from wsrl.metrics import reached_its_steps, read_evaluations, run_metrics
 from wsrl.plot import SEED_DIR, common_grid, default_label, pyplot
 
 NORMALIZED, RETURN = "eval/normalized_score", "eval/return"
@@ -63,7 +64,8 @@ def find_runs(folders: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
             if config.is_file() and json.loads(config.read_text()).get("kind") == "finetune":
                 found.append(config.parent)
     runs = sorted(set(found))
-    return [r for r in runs if run_finished(r)], [r for r in runs if not run_finished(r)]
+    finished = {run: (run / "metrics.jsonl").is_file() and reached_its_steps(run) for run in runs}
+    return [r for r in runs if finished[r]], [r for r in runs if not finished[r]]
 
 
 def label(run: Path, config: dict) -> tuple[str, str, int]:

@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,18 +148,37 @@ def _check_tree(root: Path, runs: list[Run]) -> dict:
     return saved
 
 
+JOIN_AND_LEAVE = ("import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
+                  "ray.shutdown()")
+
+
 def _connect(ray, cfg: SweepConfig) -> None:
     if not cfg.address:
         # A Ray of its own (not one a `ray start` left on this machine), quiet: its dashboard
         # would be a second progress view nobody asked for, its notices are about clusters.
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         return
+    where = f"--address {cfg.address}"
+    host, _, port = cfg.address.rpartition(":")
+    if host and port.isdigit():  # HOST:PORT (not auto): a refused connection needs no Ray to diagnose
+        try:
+            socket.create_connection((host, int(port)), timeout=min(cfg.connect_timeout, 10.0)).close()
+        except OSError as e:
+            raise UserError(f"{where}: nothing is listening there ({e.strerror or e}); is `ray start --head` "
+                            f"running there, on that port?") from None
+    # Ray retries an unanswered cluster forever, in its C++ core where no signal reaches it, and
+    # prints a notice every few seconds: a process of its own tries to join first, within the
+    # timeout and with its output kept, and the sweep joins once that worked.
+    hint = ("is it a Ray head (`ray start --head`), and with token authentication are RAY_AUTH_MODE=token and the "
+            "cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) set here (docs/sweep.md)?")
     try:
-        ray.init(address=cfg.address, log_to_driver=False, logging_level="WARNING")
-    except (ConnectionError, RuntimeError) as e:
-        raise UserError(f"--address {cfg.address}: cannot join a Ray cluster there ({str(e).splitlines()[0]}); is "
-                        f"`ray start --head` running there, and with token authentication RAY_AUTH_MODE=token set "
-                        f"here (docs/sweep.md)?") from None
+        trial = subprocess.run([sys.executable, "-c", JOIN_AND_LEAVE, cfg.address], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=cfg.connect_timeout)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{where}: no Ray cluster answered within {cfg.connect_timeout:g} s (--connect-timeout); {hint}") from None
+    if trial.returncode:
+        raise UserError(f"{where}: cannot join a Ray cluster there ({_error_line(trial.stderr)}); {hint}")
+    ray.init(address=cfg.address, log_to_driver=False, logging_level="WARNING")
 
 
 def _concurrency(ray, cfg: SweepConfig) -> int:
@@ -182,6 +202,8 @@ def _check_resources(cfg: SweepConfig) -> None:
         raise UserError(f"--max-concurrent: must be >= 0, got {cfg.max_concurrent}")
     if not cfg.out:
         raise UserError("--out: no sweep directory given")
+    if not cfg.connect_timeout > 0:
+        raise UserError(f"--connect-timeout: must be positive seconds, got {cfg.connect_timeout:g}")
 
 
 def _run_all(ray, runs: list[Run], root: Path, cfg: SweepConfig, limit: int, ledger: Ledger) -> None:
@@ -241,11 +263,11 @@ def sweep(cfg: SweepConfig) -> int:
     except ImportError:
         raise UserError("wsrl sweep: needs Ray (pip install 'wsrl[sweep]')") from None
 
-    (root / "_sweep").mkdir(parents=True, exist_ok=True)
-    plan = {**saved, **{run.path: {"kind": run.kind, "args": list(run.args), "after": run.after} for run in runs}}
-    atomic_write(root / "_sweep" / "plan.json", lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
-    _connect(ray, cfg)
+    _connect(ray, cfg)  # first: a sweep that cannot reach its cluster leaves --out as it was
     try:
+        (root / "_sweep").mkdir(parents=True, exist_ok=True)
+        plan = {**saved, **{run.path: {"kind": run.kind, "args": list(run.args), "after": run.after} for run in runs}}
+        atomic_write(root / "_sweep" / "plan.json", lambda tmp: tmp.write_text(json.dumps(plan, indent=1)))
         limit = _concurrency(ray, cfg)
         ledger = Ledger(root, runs)
         n_pre = sum(run.kind == "pretrain" for run in runs)
