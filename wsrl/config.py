@@ -154,6 +154,15 @@ class RunConfig:
     """wsd: the lr at the last update, as a fraction of the lr."""
     lr_schedule_on: tuple[OptimizerName, ...] = OPTIMIZERS
     """The optimizers the schedule applies to; the others keep their constant lr."""
+    wandb_project: str = ""
+    """Also log every scalar and the run's config to this Weights & Biases project (pip install 'wsrl[wandb]');
+    empty: TensorBoard and metrics.jsonl only. WANDB_MODE=offline keeps the W&B run in RUN/wandb/."""
+    wandb_entity: str = ""
+    """W&B team or user the run goes to (with --wandb-project; empty: your default entity)."""
+    wandb_group: str = ""
+    """W&B group of the run, e.g. one per sweep (with --wandb-project)."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags of the run (with --wandb-project)."""
 
 
 @dataclass

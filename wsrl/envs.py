@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
+import io
 import json
 import re
 import warnings
@@ -92,7 +94,10 @@ def _register_installed_envs() -> None:
         if importlib.util.find_spec(package) is None:
             continue
         try:
-            gym.register_envs(importlib.import_module(package))
+            # Quiet: their import-time notices (Gymnasium-Robotics prints Farama's release notes)
+            # are about envs the user may not have asked for, and would bury a one-line error.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                gym.register_envs(importlib.import_module(package))
         except ImportError:  # installed without its own dependencies: it registers nothing
             continue
 

@@ -1,7 +1,9 @@
-"""TensorBoard scalars, the same metrics appended to ``metrics.jsonl``, and a console progress bar."""
+"""TensorBoard scalars, the same metrics appended to ``metrics.jsonl`` (and, with --wandb-project,
+logged to Weights & Biases), and a console progress bar."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from wsrl.errors import UserError
 
 
 def _step_of(line: str) -> float:
@@ -19,16 +23,31 @@ def _step_of(line: str) -> float:
         return float("inf")
 
 
+def check_wandb(cfg) -> None:
+    """Before a run writes anything: the --wandb-* flags need --wandb-project, and it needs wandb."""
+    if not cfg.wandb_project:
+        for flag, value in (("--wandb-entity", cfg.wandb_entity), ("--wandb-group", cfg.wandb_group),
+                            ("--wandb-tags", cfg.wandb_tags)):
+            if value:
+                raise UserError(f"{flag}: only with --wandb-project (the Weights & Biases project to log to)")
+    elif importlib.util.find_spec("wandb") is None:
+        raise UserError(f"--wandb-project {cfg.wandb_project}: needs wandb (pip install 'wsrl[wandb]')")
+
+
 class RunLogger:
     """Tags are namespaced (``losses/``, ``q/``, ``eval/``, ``train/``, ``perf/``) as in CleanRL.
 
     On resume, TensorBoard events and ``metrics.jsonl`` lines after the checkpoint's step are
-    dropped, so curves hold each step once.
+    dropped, so curves hold each step once. W&B cannot drop logged steps, so a resumed run is a new
+    W&B run (same name, group and tags) that starts after the checkpoint's step.
     """
 
-    def __init__(self, run_dir: Path, total: int, start: int, desc: str):
+    def __init__(self, run_dir: Path, total: int, start: int, desc: str, config: dict):
         self.run_dir = Path(run_dir)
+        self.wandb = self._wandb_run(config, start) if config["wandb_project"] else None
         self.tb = SummaryWriter(str(self.run_dir), purge_step=start)
+        if start == 0:
+            self.tb.add_text("config", "```json\n" + json.dumps(config, indent=1) + "\n```", 0)
         self.jsonl_path = self.run_dir / "metrics.jsonl"
         if self.jsonl_path.exists():
             kept = [line for line in self.jsonl_path.read_text().splitlines() if _step_of(line) <= start]
@@ -37,12 +56,25 @@ class RunLogger:
         self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stderr,
                         mininterval=0.5 if sys.stderr.isatty() else 30.0, unit="step")
 
-    def log_config(self, config: dict) -> None:
-        self.tb.add_text("config", "```json\n" + json.dumps(config, indent=1) + "\n```", 0)
+    def _wandb_run(self, config: dict, start: int):
+        import wandb
+
+        try:
+            # console="off": W&B would otherwise wrap this process's stdout and stderr, which the
+            # progress bar and a sweep's run logs write to.
+            return wandb.init(project=config["wandb_project"], entity=config["wandb_entity"] or None,
+                              group=config["wandb_group"] or None, tags=list(config["wandb_tags"]) or None,
+                              name=self.run_dir.name + (f" (resumed at step {start})" if start else ""),
+                              config=config, dir=str(self.run_dir), settings=wandb.Settings(console="off"))
+        except wandb.Error as e:
+            raise UserError(f"--wandb-project {config['wandb_project']}: W&B did not start a run "
+                            f"({str(e).strip().splitlines()[0]}); `wandb login`, or WANDB_MODE=offline") from None
 
     def log(self, step: int, metrics: dict[str, float], phase: str) -> None:
         for key, value in metrics.items():
             self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
         clean = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"step": step, "phase": phase, **clean}) + "\n")
         self.jsonl.flush()
@@ -57,3 +89,5 @@ class RunLogger:
         self.bar.close()
         self.jsonl.close()
         self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -28,7 +28,7 @@ from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_s
 from wsrl.errors import DivergenceError, UserError
 from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
-from wsrl.logs import RunLogger
+from wsrl.logs import RunLogger, check_wandb
 from wsrl.nets import ActorCritic
 from wsrl.recipes import pretrain_as
 from wsrl.schedule import LrSchedule, check_schedule
@@ -219,18 +219,18 @@ def _start(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int, ac
            total: int, resume_step: int) -> tuple[Path, dict, RunLogger]:
     run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume=bool(cfg.resume))
     config = {"kind": kind, **to_dict(cfg)}
+    # The logger first: a W&B run that cannot start stops the run before its config.json is written.
+    logger = RunLogger(run_dir, total, resume_step, f"{kind} {algo} {spec.id}", config)
     atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
     meta = {"kind": kind, "wsrl_version": __version__, "env": cfg.env, "env_id": spec.id, "algo": algo,
             "dataset": getattr(cfg, "dataset", ""), "obs_dim": obs_dim, "act_dim": act_dim, "config": config}
-    logger = RunLogger(run_dir, total, resume_step, desc=f"{kind} {algo} {spec.id}")
-    if resume_step == 0:
-        logger.log_config(config)
     return run_dir, meta, logger
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     check_positive(steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
                    eval_episodes=cfg.eval_episodes, log_every=cfg.log_every, save_every=cfg.save_every)
+    check_wandb(cfg)
     if cfg.bc_steps < 0:
         raise UserError(f"--bc-steps: must be >= 0, got {cfg.bc_steps}")
     if cfg.bc_steps and cfg.algo == "iql":
@@ -335,6 +335,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     check_positive(steps=cfg.steps, utd=cfg.utd, batch_size=cfg.batch_size, num_envs=cfg.num_envs,
                    buffer_capacity=cfg.buffer_capacity, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,
                    log_every=cfg.log_every, save_every=cfg.save_every)
+    check_wandb(cfg)
     if cfg.warmup_steps < 0 or cfg.warmup_steps >= cfg.steps:
         raise UserError(f"--warmup-steps {cfg.warmup_steps}: must be at least 0 and less than --steps {cfg.steps}")
     if cfg.batch_size % cfg.utd:
