@@ -12,6 +12,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from wsrl.atomic import atomic_write
 from wsrl.errors import UserError
 
 
@@ -43,8 +44,12 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path, total: int, start: int, desc: str, config: dict):
+        """Writes ``config.json``, once a W&B run (if asked for) has started: one that cannot start
+        leaves the folder without a run in it. ``metrics.jsonl`` comes after ``config.json``, so a
+        run killed as soon as it logs can be resumed."""
         self.run_dir = Path(run_dir)
         self.wandb = self._wandb_run(config, start) if config["wandb_project"] else None
+        atomic_write(self.run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
         self.tb = SummaryWriter(str(self.run_dir), purge_step=start)
         if start == 0:
             self.tb.add_text("config", "```json\n" + json.dumps(config, indent=1) + "\n```", 0)
