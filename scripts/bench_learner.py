@@ -1,17 +1,22 @@
 """Learner throughput against the physical limit and against plain PyTorch, in one run.
 
-    python scripts/bench_learner.py [--device cpu|cuda] [--json out.json] [--seconds 3] [--rounds 3]
+    python scripts/bench_learner.py [--device cpu|cuda] [--precision fp32|bf16] [--json out.json] [--seconds 3] [--rounds 3]
 
 Measures, interleaved round by round so that a shared machine's load hits all of them alike:
-  peak       fp32 matmul throughput of this device (large square GEMM, same thread setting)
-  wsrl       the WSRL online update at its published defaults (HalfCheetah: obs 17, act 6; 10
-             critics, target min over 2; 256x2 + LayerNorm; batch 1024 = 4 critic minibatches
-             of 256, then one actor and one temperature step on all 1024), via wsrl.fast
+  peak       fp32 (and with --precision bf16, bf16) matmul throughput of this device (large
+             square GEMM, same thread setting)
+  wsrl       the WSRL online update as the wsrl recipe runs it on locomotion (HalfCheetah: obs 17,
+             act 6; 10 critics, target min over 2, no max-target backup; 256x2 + LayerNorm; batch
+             1024 = 4 critic minibatches of 256, then one actor and one temperature step on all
+             1024), via wsrl.fast
   reference  the same update written the way most PyTorch code does it (below)
-  cql        the CQL pretraining update at its defaults (10 actions of each kind, 10 critics,
-             batch 256)
+  cql        the CQL pretraining update of the wsrl recipe on locomotion (10 actions of each kind,
+             10 critics, max-target backup over 10 next actions, batch 256)
+With --precision bf16 the wsrl and cql updates also run with bf16 hidden layers (same initial
+weights), and the bf16 matmul peak is measured, all in the same rounds.
 Reported: env-steps/s (one WSRL update per env step), critic updates/s, updates/s, the FLOPs of
-one update counted analytically, achieved GFLOP/s and the fraction of peak, ours / reference.
+one update counted analytically, achieved GFLOP/s and the fraction of each peak, ours /
+reference, and bf16 / fp32.
 Figures are medians over rounds; compare ratios, not absolute numbers, on a shared machine.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -30,10 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsrl.agents import CQL, SAC
-from wsrl.config import AgentConfig, FinetuneConfig, NetConfig
+from wsrl.config import AgentConfig, NetConfig
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.fast import auto_threads, configure_cpu, make_update
-from wsrl.nets import ActorCritic
+from wsrl.nets import ActorCritic, set_precision
+from wsrl.precision import DTYPES, bf16_slower
+from wsrl.recipes import finetune_defaults, pretrain_defaults
 
 OBS, ACT = 17, 6  # HalfCheetah
 
@@ -183,13 +191,13 @@ class PlainWSRL:
         return {"losses/critic_loss": loss.detach(), "losses/actor_loss": actor_loss.detach()}
 
 
-def measure_peak(device: torch.device, seconds: float) -> float:
-    """Best fp32 GEMM rate over a few square sizes (TF32 off on CUDA: this is the fp32 limit)."""
+def measure_peak(device: torch.device, seconds: float, dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate in ``dtype`` over a few square sizes (TF32 off on CUDA: fp32 is the fp32 limit)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = (1024, 2048) if device.type == "cpu" else (4096, 8192)
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         rate = 2.0 * n ** 3 * timed(lambda: a @ b, device, seconds / len(sizes))
         best = max(best, rate)
     return best
@@ -220,68 +228,97 @@ def random_buffer(device: torch.device, n: int = 100_000) -> ReplayBuffer:
     return buf
 
 
-def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threads: int) -> dict:
+def _agent(cls, model: ActorCritic, cfg, net: NetConfig, precision: str):
+    """An agent on its own copy of ``model``'s weights, its hidden layers in ``precision``."""
+    model = copy.deepcopy(model)
+    set_precision(model, precision)
+    return cls(model, cfg, net)
+
+
+def _rate(flops: float, per_s: float, peaks: dict[str, float]) -> dict:
+    return {"gflops": flops * per_s / 1e9, **{f"fraction_of_{p}_peak": flops * per_s / v for p, v in peaks.items()}}
+
+
+def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threads: int, precision: str) -> dict:
     torch.manual_seed(0)
-    run_cfg = FinetuneConfig(compile=compile_, threads=threads)
+    # The settings come from the recipe, not the dataclass defaults: AgentConfig's
+    # max_target_backup=True is CQL's, and an online SAC update with it samples 10 next actions
+    # per state for the TD target, and took ~1.5x the time of the WSRL update the recipe runs.
+    online, offline = finetune_defaults("", "wsrl", None, None), pretrain_defaults("", "wsrl", None)
+    run_cfg = dataclasses.replace(online, compile=compile_, threads=threads)
     # 0 = the cores not kept busy by other processes: on a shared machine an OpenMP team that
     # shares a core with a busy process stalls at every barrier and the figures mean nothing.
     threads_used = configure_cpu(threads or auto_threads()) if device.type == "cpu" else torch.get_num_threads()
-    net, agent_cfg, batch, utd = NetConfig(), AgentConfig(), run_cfg.batch_size, run_cfg.utd
+    net, agent_cfg, batch, utd = online.net, online.agent, run_cfg.batch_size, run_cfg.utd
     buf = random_buffer(device)
-
-    wsrl = SAC(ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device), agent_cfg, net)
-    plain = PlainWSRL(wsrl.model, net, agent_cfg)
-    cql = CQL(ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device), agent_cfg, net)
-    wsrl_update = make_update(wsrl, run_cfg, device)
-    cql_update = make_update(cql, run_cfg, device)
-    cases = {
-        "peak": lambda s: measure_peak(device, s),
-        "wsrl": lambda s: timed(lambda: wsrl_update(buf.sample(utd, batch // utd)), device, s),
-        "reference": lambda s: timed(lambda: plain.update(buf.sample(utd, batch // utd)), device, s),
-        "cql": lambda s: timed(lambda: cql_update(buf.sample(1, 256)), device, s),
-    }
+    wsrl_model = ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device)
+    cql_model = ActorCritic(OBS, ACT, offline.net, 1.0, offline.agent.cql_alpha).to(device)
+    plain = PlainWSRL(wsrl_model, net, agent_cfg)
+    precisions = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
+    cases = {f"peak_{p}": (lambda s, p=p: measure_peak(device, s, DTYPES[p])) for p in precisions}
+    cases["reference"] = lambda s: timed(lambda: plain.update(buf.sample(utd, batch // utd)), device, s)
+    for p in precisions:  # same initial weights in every precision
+        wsrl_update = make_update(_agent(SAC, wsrl_model, agent_cfg, net, p), run_cfg, device)
+        cql_update = make_update(_agent(CQL, cql_model, offline.agent, offline.net, p), run_cfg, device)
+        cases[f"wsrl_{p}"] = lambda s, u=wsrl_update: timed(lambda: u(buf.sample(utd, batch // utd)), device, s)
+        cases[f"cql_{p}"] = lambda s, u=cql_update: timed(lambda: u(buf.sample(1, offline.batch_size)), device, s)
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
         for name, case in cases.items():
             samples[name].append(case(seconds))
     med = {k: statistics.median(v) for k, v in samples.items()}
 
-    peak = med["peak"]
-    wf, cf = wsrl_flops(net, batch, utd), cql_flops(net, 256, agent_cfg.cql_n_actions)
+    peaks = {p: med[f"peak_{p}"] for p in precisions}
+    wf, cf = wsrl_flops(net, batch, utd), cql_flops(offline.net, offline.batch_size, offline.agent.cql_n_actions)
     buf_bytes = ReplayBuffer(1, OBS, ACT, "cpu").bytes_per_transition
-    return {
+    report = {
         "device": str(device), "threads": threads_used, "compile": compile_, "rounds": rounds,
-        "peak_gflops": peak / 1e9,
-        "wsrl": {"env_steps_per_s": med["wsrl"], "critic_updates_per_s": utd * med["wsrl"],
-                 "gflop_per_update": wf["total"] / 1e9, "gflops": wf["total"] * med["wsrl"] / 1e9,
-                 "fraction_of_peak": wf["total"] * med["wsrl"] / peak},
+        "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
+        "wsrl_gflop_per_update": wf["total"] / 1e9, "cql_gflop_per_update": cf["total"] / 1e9,
         "reference": {"env_steps_per_s": med["reference"], "critic_updates_per_s": utd * med["reference"],
-                      "gflops": wf["total"] * med["reference"] / 1e9,
-                      "fraction_of_peak": wf["total"] * med["reference"] / peak},
-        "wsrl_over_reference": med["wsrl"] / med["reference"],
-        "cql": {"updates_per_s": med["cql"], "gflop_per_update": cf["total"] / 1e9,
-                "gflops": cf["total"] * med["cql"] / 1e9, "fraction_of_peak": cf["total"] * med["cql"] / peak},
+                      **_rate(wf["total"], med["reference"], peaks)},
+        "wsrl_over_reference": med["wsrl_fp32"] / med["reference"],
         "replay_bytes_per_transition": buf_bytes,
         "replay_mb_per_1m_transitions": buf_bytes * 1e6 / 2 ** 20,
         "samples": samples,
     }
+    for p in precisions:
+        report[p] = {"wsrl": {"env_steps_per_s": med[f"wsrl_{p}"], "critic_updates_per_s": utd * med[f"wsrl_{p}"],
+                              **_rate(wf["total"], med[f"wsrl_{p}"], peaks)},
+                     "cql": {"updates_per_s": med[f"cql_{p}"], **_rate(cf["total"], med[f"cql_{p}"], peaks)}}
+    if precision == "bf16":
+        # Ratios within each round, then their median: a shared machine's load changes between rounds.
+        report["bf16_over_fp32"] = {k: statistics.median(b / f for b, f in zip(samples[f"{k}_bf16"], samples[f"{k}_fp32"]))
+                                    for k in ("wsrl", "cql", "peak")}
+        report["bf16_native"] = bf16_slower(device) is None
+    return report
 
 
 def table(r: dict) -> str:
-    w, ref, c = r["wsrl"], r["reference"], r["cql"]
-    lines = [
-        f"device {r['device']}, {r['threads']} thread(s), compile={r['compile']}, median of {r['rounds']} rounds",
-        f"fp32 matmul peak            {r['peak_gflops']:8.1f} GFLOP/s",
-        f"WSRL update (ours)          {w['env_steps_per_s']:8.2f} env-steps/s  {w['critic_updates_per_s']:7.2f} critic-updates/s"
-        f"  {w['gflops']:6.1f} GFLOP/s  {100 * w['fraction_of_peak']:5.1f}% of peak  ({w['gflop_per_update']:.2f} GFLOP/update)",
-        f"WSRL update (plain PyTorch) {ref['env_steps_per_s']:8.2f} env-steps/s  {ref['critic_updates_per_s']:7.2f} critic-updates/s"
-        f"  {ref['gflops']:6.1f} GFLOP/s  {100 * ref['fraction_of_peak']:5.1f}% of peak",
-        f"ours / reference            {r['wsrl_over_reference']:8.2f}x",
-        f"CQL update (ours)           {c['updates_per_s']:8.2f} updates/s  {c['gflops']:6.1f} GFLOP/s"
-        f"  {100 * c['fraction_of_peak']:5.1f}% of peak  ({c['gflop_per_update']:.2f} GFLOP/update)",
-        f"replay memory               {r['replay_bytes_per_transition']} bytes/transition (float32), "
-        f"{r['replay_mb_per_1m_transitions']:.0f} MiB per 1M transitions",
-    ]
+    peaks = r["peak_gflops"]
+
+    def of_peaks(x: dict) -> str:
+        return "  ".join(f"{100 * x[f'fraction_of_{p}_peak']:5.1f}% of {p} peak" for p in peaks)
+
+    lines = [f"device {r['device']}, {r['threads']} thread(s), compile={r['compile']}, median of {r['rounds']} rounds"]
+    lines += [f"{p} matmul peak              {v:8.1f} GFLOP/s" for p, v in peaks.items()]
+    for p in peaks:
+        w, c = r[p]["wsrl"], r[p]["cql"]
+        lines += [f"WSRL update, {p}            {w['env_steps_per_s']:8.2f} env-steps/s  {w['critic_updates_per_s']:7.2f} critic-updates/s"
+                  f"  {w['gflops']:6.1f} GFLOP/s  {of_peaks(w)}  ({r['wsrl_gflop_per_update']:.2f} GFLOP/update)"]
+        if p == "fp32":
+            ref = r["reference"]
+            lines += [f"WSRL update, plain PyTorch  {ref['env_steps_per_s']:8.2f} env-steps/s  {ref['critic_updates_per_s']:7.2f} critic-updates/s"
+                      f"  {ref['gflops']:6.1f} GFLOP/s  {of_peaks(ref)}",
+                      f"ours (fp32) / reference     {r['wsrl_over_reference']:8.2f}x"]
+        lines += [f"CQL update, {p}             {c['updates_per_s']:8.2f} updates/s  {c['gflops']:6.1f} GFLOP/s"
+                  f"  {of_peaks(c)}  ({r['cql_gflop_per_update']:.2f} GFLOP/update)"]
+    if "bf16_over_fp32" in r:
+        x = r["bf16_over_fp32"]
+        lines += [f"bf16 / fp32 (median of per-round ratios): WSRL {x['wsrl']:.2f}x, CQL {x['cql']:.2f}x, matmul peak {x['peak']:.2f}x"
+                  + ("" if r["bf16_native"] else "  (no native bf16 here: emulated)")]
+    lines += [f"replay memory               {r['replay_bytes_per_transition']} bytes/transition (float32), "
+              f"{r['replay_mb_per_1m_transitions']:.0f} MiB per 1M transitions"]
     return "\n".join(lines)
 
 
@@ -293,8 +330,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile our update (as wsrl --compile)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for all cases; 0 = wsrl's auto setting")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: also the bf16 updates and matmul peak, against fp32 in the same rounds")
     a = p.parse_args()
-    report = run(torch.device(a.device), a.seconds, a.rounds, a.compile, a.threads)
+    device = torch.device(a.device)
+    if a.precision == "bf16" and bf16_slower(device):
+        print(f"note: {bf16_slower(device)}; measuring bf16 anyway, as wsrl would not run it here")
+    report = run(device, a.seconds, a.rounds, a.compile, a.threads, a.precision)
     print(table(report))
     if a.json:
         with open(a.json, "w") as f:

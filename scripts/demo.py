@@ -5,12 +5,16 @@ From one CQL checkpoint (the one shipped in ``wsrl/pretrained/hopper-medium-cql`
 two fine-tuning runs start side by side, one thread each:
 
 - **WSRL**: 5k warmup steps of the frozen pretrained policy into a fresh buffer, then ensemble SAC;
-- **no warmup**: the same, updating from the first online step.
+- **no warmup**: the same with no warmup: updates start once the buffer holds one batch (512 steps).
 
 Then one figure with both curves (offline phase left of the hand-over, online right) and a table
-of the metrics of DESIGN.md §7 (``wsrl.metrics``): hand-over, dip, final, and the behaviour
-policy's score. Every step is the real CLI, printed before it runs. The settings are far smaller
-than the published ones (docs/demo.md) to fit 15 minutes on 2 CPU cores.
+of the metrics of ``wsrl.metrics`` (docs/design.md, "Metrics"): hand-over, dip, final, and the
+behaviour policy evaluated under the hand-over's protocol (deterministic, the same 10 start
+states). Every step is the real CLI, printed before it runs. The settings are far smaller than
+the published ones (docs/demo.md) to fit 15 minutes on 2 CPU cores.
+
+The shipped checkpoint is the last checkpoint of a pretraining run whose command and length were
+fixed before it ran (seed 0 of the study in docs/results.md); nothing was chosen by its score.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from pathlib import Path
 SHIPPED = "hopper-medium-cql"
 """The CQL checkpoint in wsrl/pretrained/; its pretrained.json records how it was made."""
 ENV = "Hopper-v5"
-DATASET = ["--policy", "hopper-medium", "--steps", "50000", "--num-envs", "10"]
-# The command that remakes the shipped checkpoint (its pretrained.json): demo-sized networks, 20k CQL
-# steps. The critic handed over matters: from weak hand-overs there is no collapse for the warmup to
-# prevent (docs/demo.md, docs/demo-history.md).
-PRETRAIN = ["--algo", "cql", "--critic-hidden", "128", "128", "--actor-hidden", "128", "128", "--ensemble-size", "4",
+BEHAVIOUR = "hopper-medium"
+"""The shipped policy that collects the dataset."""
+DATASET = ["--policy", BEHAVIOUR, "--steps", "50000", "--num-envs", "10"]
+# The pretraining of the shipped checkpoint (its pretrained.json; the sweep scripts/study_results.toml,
+# seed 0): demo-sized networks, 20k CQL steps, its last checkpoint.
+PRETRAIN = ["--recipe", "wsrl", "--algo", "cql", "--critic-hidden", "128", "128", "--actor-hidden", "128", "128", "--ensemble-size", "4",
             "--steps", "20000", "--batch-size", "256", "--cql-n-actions", "4", "--actor-lr", "3e-4",
             "--eval-every", "2500", "--save-every", "5000", "--keep-checkpoints", "10", "--eval-episodes", "10",
             "--log-every", "500", "--threads", "1"]
@@ -93,7 +98,9 @@ def main() -> int:
                         "starting from the shipped checkpoint (about 40 min more on 2 idle cores)")
     args = parser.parse_args()
 
-    from wsrl.envs import normalized_score, resolve_env
+    from wsrl.config import EvaluateConfig
+    from wsrl.specs import normalized_score, resolve_env
+    from wsrl.evaluate import evaluate_policy
     from wsrl.metrics import DIP_WINDOW, final_window_start, run_metrics
 
     t0 = time.perf_counter()
@@ -108,14 +115,16 @@ def main() -> int:
         wsrl("collect", "--env", ENV, *DATASET, "--out", str(data), "--overwrite", *seed)
         wsrl("pretrain", "--env", ENV, "--dataset", str(data), "--out", str(pre), *PRETRAIN, *COMMON, *seed)
         with h5py.File(data) as f:
-            behaviour = normalized_score(spec, float(f["metadata/mean_episode_return"][()]))
+            dataset_score = normalized_score(spec, float(f["metadata/mean_episode_return"][()]))
         checkpoint = str(pre)
+        made = f"the last checkpoint (step {PRETRAIN[PRETRAIN.index('--steps') + 1]}) of the pretraining above"
     else:
         folder = resources.files("wsrl") / "pretrained" / SHIPPED
         record = json.loads((folder / "pretrained.json").read_text())
-        behaviour = record["behaviour_normalized_score"]
+        dataset_score = record["dataset"]["normalized_score"]
         checkpoint = str(folder)
-        print(f"demo: starting from the shipped CQL checkpoint {checkpoint}\n  made by: {record['command']}")
+        made = f"{record['command']}\n  chosen: {record['chosen_by']}"
+        print(f"demo: starting from the shipped CQL checkpoint {checkpoint}\n  made by: {made}")
     t_pre = time.perf_counter()
     runs = finetune_side_by_side(checkpoint, out, args.seed)
     t_ft = time.perf_counter()
@@ -123,21 +132,34 @@ def main() -> int:
     wsrl("plot", *map(str, runs.values()), "--labels", *runs, "--out", str(fig),
          "--title", f"{ENV}: CQL, then fine-tuning with and without warmup (seed {args.seed})")
 
+    # The behaviour policy under the hand-over's protocol: the start states of online step 0 of runs
+    # seeded args.seed, deterministic actions, as many episodes.
+    episodes = FINETUNE[FINETUNE.index("--eval-episodes") + 1]
+    print(f"\n$ wsrl evaluate {BEHAVIOUR} --seed {args.seed} --step 0 --episodes {episodes}", flush=True)
+    behaviour = evaluate_policy(EvaluateConfig(source=BEHAVIOUR, seed=args.seed, step=0, episodes=int(episodes),
+                                               threads=1))["eval/normalized_score"]
     metrics = {name: run_metrics(run_dir) for name, run_dir in runs.items()}
     print(f"\nWSRL demo, {ENV}, seed {args.seed}: normalised score (D4RL reference returns, x100; deterministic "
           f"policy, 10 episodes per evaluation; wsrl.metrics)")
     print(f"  {'':12s} {'hand-over':>9s} {'dip':>14s} {'final':>7s}")
     for name, m in metrics.items():
         print(f"  {name:12s} {m.handover:9.1f} {m.dip:6.1f} ({m.dip_fraction:4.0%}) {m.final:7.1f}")
-    print(f"  behaviour policy (dataset episodes): {behaviour:.1f}")
+    print(f"  {'behaviour':12s} {behaviour:9.1f}   (the {BEHAVIOUR} policy that made the data, evaluated like the "
+          f"hand-over: deterministic, the same {episodes} start states)")
+    print(f"  the dataset's own episodes (sampled actions) average {dataset_score:.1f}")
+    wsrl_dip, plain_dip = metrics["WSRL"].dip, metrics["no warmup"].dip
+    print(f"  on this seed WSRL's dip is {'smaller' if wsrl_dip < plain_dip else 'not smaller'} than no warmup's "
+          f"({wsrl_dip:.1f} vs {plain_dip:.1f} points); one seed is an illustration, the 5-seed study is docs/results.md")
     print(f"  hand-over: the pretrained policy at online step 0; dip: hand-over minus the lowest evaluation in the "
           f"{DIP_WINDOW // 1000}k steps after warmup; final: mean of the evaluations from online step "
           f"{final_window_start(ONLINE_STEPS) / 1000:g}k to {ONLINE_STEPS / 1000:g}k")
     minutes = (time.perf_counter() - t0) / 60
+    print(f"  checkpoint: {made}")
     print(f"  figure: {fig}   TensorBoard: tensorboard --logdir {out}")
     print(f"  wall time {minutes:.1f} min ({'collect + pretrain ' + format((t_pre - t0) / 60, '.1f') + ', ' if args.pretrain else ''}"
           f"fine-tuning {(t_ft - t_pre) / 60:.1f})")
-    results = {"seed": args.seed, "checkpoint": checkpoint, "behaviour": behaviour, "minutes": minutes,
+    results = {"seed": args.seed, "checkpoint": checkpoint, "checkpoint_made_by": made,
+               "behaviour_same_protocol": behaviour, "dataset_episodes_score": dataset_score, "minutes": minutes,
                **{name: m.as_dict() for name, m in metrics.items()}}
     (out / f"results_seed{args.seed}.json").write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from wsrl.envs import normalized_score, resolve_env
+from wsrl.specs import normalized_score, resolve_env
 from wsrl.evaluate import evaluate
 from wsrl.policies import export_policy, read_policy
 
@@ -37,11 +37,11 @@ def main() -> None:
     actor = policy.actor(torch.device("cpu"), args.checkpoint)
     measured = {"command": args.command, "trained_steps": policy.description["step"],
                 "measured_episodes": args.episodes, "ref_source": spec.ref_source,
-                "measured_how": f"wsrl evaluate --episodes {args.episodes} --seed {args.seed} [--sampled]: "
-                                f"envs seeded {args.seed}+1000+i"}
+                "measured_how": f"wsrl evaluate NAME --episodes {args.episodes} --seed {args.seed} [--sampled]: "
+                                f"the start states of step 0 of a run seeded {args.seed}"}
     for prefix, deterministic in (("measured", True), ("measured_sampled", False)):
         torch.manual_seed(args.seed)
-        result = evaluate(actor, spec, args.episodes, args.seed, torch.device("cpu"), deterministic=deterministic)
+        result = evaluate(actor, spec, args.episodes, args.seed, 0, torch.device("cpu"), deterministic=deterministic)
         measured.update({f"{prefix}_return": result["eval/return"], f"{prefix}_return_std": result["eval/return_std"],
                          f"{prefix}_normalized_score": normalized_score(spec, result["eval/return"])})
     if args.note:

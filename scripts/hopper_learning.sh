@@ -21,7 +21,8 @@ if [ "$PROFILE" = full ]; then
   FT=(--steps "${FT_STEPS:-100000}" --eval-every 5000)
 else
   NET=(--critic-hidden 128 128 --actor-hidden 128 128 --ensemble-size 4)
-  # As scripts/demo.py: tau 0.02 offline so 8k CQL steps calibrate the critic, back to 0.005 online.
+  # As the first demo (docs/demo-history.md; today's scripts/demo.py sets no tau): tau 0.02 offline so
+  # 8k CQL steps calibrate the critic, back to 0.005 online.
   PRE=(--steps "${PRE_STEPS:-8000}" --cql-n-actions 4 --actor-lr 3e-4 --tau 0.02 --eval-every 1000 --threads 1)
   FT=(--steps "${FT_STEPS:-35000}" --warmup-steps 5000 --utd 2 --batch-size 512 --actor-lr 3e-4 --tau 0.005
       --eval-every 2500 --threads 1)

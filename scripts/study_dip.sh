@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does re-warming the learning rate, or training the critic first, remove WSRL's post-warmup dip?
-# (docs/dip.md). The demo's CPU recipe on Hopper-v5 (scripts/demo.py): a hopper-medium dataset from
+# (docs/dip.md). The first demo's CPU recipe on Hopper-v5 (docs/demo-history.md): a hopper-medium dataset from
 # the shipped policy, CQL pretraining at demo sizes, then WSRL fine-tuning with each variant below,
 # every seed, two runs at a time on one thread each; then one figure and the table in docs/dip.md.
 #
@@ -44,8 +44,9 @@ variant_flags() {  # the fine-tuning flags of one variant
 }
 for variant in $VARIANTS; do variant_flags "$variant" >/dev/null; done
 
-# As scripts/demo.py: 128x128 networks, 4 critics, tau 0.02 offline (8k CQL steps calibrate the
-# critic), back to the published 0.005 online; UTD 2 on batches of 512.
+# As the first demo (docs/demo-history.md; today's scripts/demo.py pretrains 20k steps and sets
+# no tau): 128x128 networks, 4 critics, tau 0.02 offline (8k CQL steps calibrate the critic),
+# back to the published 0.005 online; UTD 2 on batches of 512.
 NET=(--critic-hidden 128 128 --actor-hidden 128 128 --ensemble-size 4)
 PRE=(--steps $PRE_STEPS --batch-size 256 --cql-n-actions 4 --actor-lr 3e-4 --tau 0.02 --eval-every 1000
      --save-every $PRE_STEPS)

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from wsrl.domains import domain_of
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 
 ANTMAZE = "antmaze-umaze-v2"
 ADROIT = "door-human-v1"

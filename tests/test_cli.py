@@ -97,7 +97,7 @@ def _bad_inputs(tmp, hopper_file, pretrained):
         "needs a continuous Box": ["pretrain", "--env", "CartPole-v1", "--dataset", hopper_file, *base],
         "unknown value 'dqn'": [*pre, "--algo", "dqn", "--dataset", hopper_file, *base],
         "--recipe: unknown value 'nope'": [*pre, "--recipe", "nope", "--dataset", hopper_file, *base],
-        "--recipe rlpd: has no pretraining": [*pre, "--recipe", "rlpd", "--dataset", hopper_file, *base],
+        "--recipe: recipe rlpd has no pretraining": [*pre, "--recipe", "rlpd", "--dataset", hopper_file, *base],
         "--recipe cql-finetune: fine-tunes a cql-finetune pretraining": [*ft, *base, "--recipe", "cql-finetune"],
         "--steps: must be positive": [*pre, "--dataset", hopper_file, *TINY, "--steps", 0],
         "--batch-size: must be positive": [*pre, "--dataset", hopper_file, *base, "--batch-size", -3],

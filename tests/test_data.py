@@ -10,7 +10,8 @@ import torch
 from conftest import random_rollouts, write_d4rl
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
 from wsrl.data.offline import OfflineData, read_d4rl_hdf5, read_minari, returns_to_go, validate
-from wsrl.envs import make_env, resolve_env
+from wsrl.envs import make_env
+from wsrl.specs import resolve_env
 from wsrl.errors import UserError
 
 
@@ -198,6 +199,13 @@ def test_replay_buffer_wraps_and_round_trips():
     copy = ReplayBuffer(5, 2, 1, "cpu")
     copy.load_state_dict(buf.state_dict())
     assert torch.equal(copy.sample(4, 3)["rewards"], buf.sample(4, 3)["rewards"])
+    # Read back oldest first, whether the buffer has wrapped or not.
+    assert ReplayBuffer.saved_rows(buf.state_dict())["rewards"].tolist() == [2, 3, 4, 5, 6]
+    assert ReplayBuffer.saved_rows(buf.state_dict())["observations"][:, 0].tolist() == [2, 3, 4, 5, 6]
+    partial = ReplayBuffer(5, 2, 1, "cpu")
+    partial.add(observations=np.zeros((3, 2)), actions=np.zeros((3, 1)), rewards=np.arange(3.0),
+                next_observations=np.zeros((3, 2)), masks=np.ones(3))
+    assert ReplayBuffer.saved_rows(partial.state_dict())["rewards"].tolist() == [0, 1, 2]
 
 
 def test_mujoco_warnings_routed_and_xml_deprecations_dropped(capfd):

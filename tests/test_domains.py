@@ -18,10 +18,11 @@ from conftest import run_wsrl
 from domain_data import (ADROIT, ANTMAZE, KITCHEN, adroit_d4rl_rows, adroit_episodes, antmaze_d4rl_rows,
                          antmaze_episodes, kitchen_d4rl_rows, kitchen_episodes, raw_env, write_d4rl, write_minari)
 from wsrl.data.buffer import ReplayBuffer
-from wsrl.data.offline import OfflineData, load_dataset
+from wsrl.data.offline import OfflineData
+from wsrl.data.adapt import ADAPTERS, load_dataset
 from wsrl.data.rollout import BufferWriter, Collector, Transitions
-from wsrl.domains import DOMAINS
-from wsrl.envs import make_env, resolve_env
+from wsrl.envs import make_env
+from wsrl.specs import resolve_env
 from wsrl.errors import UserError
 
 pytest.importorskip("gymnasium_robotics")
@@ -148,7 +149,7 @@ def test_success_is_counted_exactly_when_the_env_reports_one(monkeypatch):
         return gym.vector.SyncVectorEnv([lambda: _AntOnGoal(make_env(spec_)), lambda: make_env(spec_)])
 
     monkeypatch.setattr(evaluate, "make_vector_env", venv)
-    metrics = evaluate.evaluate(_Zero(8), spec, 2, seed=0, device=torch.device("cpu"))
+    metrics = evaluate.evaluate(_Zero(8), spec, 2, seed=0, step=0, device=torch.device("cpu"))
     assert metrics["eval/success_rate"] == 0.5 and metrics["eval/normalized_score"] == 50.0
 
     collector = Collector(venv(spec, 2), seed=0)
@@ -239,11 +240,11 @@ def test_minaris_medium_maze_is_d4rls_mirrored_and_has_its_own_env():
     obs = np.concatenate([xy, np.zeros((n, 27), np.float32)], axis=1)
     data = OfflineData(obs, np.zeros((n, 8), np.float32), np.zeros(n, np.float32), obs, np.zeros(n, bool),
                        np.ones(n, bool), None, "minari")
-    assert len(DOMAINS["antmaze"].adapt(data, minari_env, "x")) == n
+    assert len(ADAPTERS["antmaze"](data, minari_env, "x")) == n
     with pytest.raises(UserError, match=r"lie in walls or outside AntMaze_Medium-v4's maze"):
-        DOMAINS["antmaze"].adapt(data, d4rl_env, "--dataset minari:D4RL/antmaze/medium-play-v1")
+        ADAPTERS["antmaze"](data, d4rl_env, "--dataset minari:D4RL/antmaze/medium-play-v1")
     with pytest.raises(UserError, match="has no D4RL maze offset"):
-        DOMAINS["antmaze"].adapt(dataclasses.replace(data, layout="d4rl"), minari_env, "--dataset f.hdf5")
+        ADAPTERS["antmaze"](dataclasses.replace(data, layout="d4rl"), minari_env, "--dataset f.hdf5")
 
 
 def test_adroit_binary_conversion_cuts_after_the_last_success_and_drops_failures(minari_data, d4rl_files):
@@ -270,7 +271,7 @@ def test_adroit_and_kitchen_rules_on_hand_made_episodes():
     # Three trajectories: neg -> pos -> neg -> pos -> neg, never, pos at its last step.
     hits = [0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0, 1]
     ends = [0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 1]
-    out = DOMAINS["adroit"].adapt(data(np.zeros(12), hits, ends), resolve_env(ADROIT), "--dataset x")
+    out = ADAPTERS["adroit"](data(np.zeros(12), hits, ends), resolve_env(ADROIT), "--dataset x")
     np.testing.assert_array_equal(out.observations[:, 0], [0, 1, 2, 3, 4, 10, 11])
     np.testing.assert_array_equal(out.rewards, [-1, 0, 0, -1, 0, -1, 0])
     np.testing.assert_array_equal(out.terminals, [0, 1, 1, 0, 1, 0, 1])
@@ -278,7 +279,7 @@ def test_adroit_and_kitchen_rules_on_hand_made_episodes():
     buf = ReplayBuffer.from_offline(out, 10.0, 5.0, 0.9, -5.0, "cpu")
     np.testing.assert_allclose(buf.storage["mc_returns"].numpy(), [-5 + 0.9 * 5, 5, 5, -5 + 0.9 * 5, 5, -5 + 0.9 * 5, 5])
 
-    kitchen = DOMAINS["kitchen"].adapt(data([0, 1, 2, 3, 4, 4, 2], np.zeros(7), [0] * 6 + [1]), resolve_env(KITCHEN), "x")
+    kitchen = ADAPTERS["kitchen"](data([0, 1, 2, 3, 4, 4, 2], np.zeros(7), [0] * 6 + [1]), resolve_env(KITCHEN), "x")
     np.testing.assert_array_equal(kitchen.terminals, [0, 0, 0, 0, 1, 1, 0])
 
 
@@ -327,13 +328,13 @@ def test_sparse_rule_takes_the_unsuccessful_reward_from_the_suite():
 @pytest.fixture
 def short_episodes(monkeypatch):
     """The suites' envs with 20-step episodes, so that tiny CLI runs finish episodes quickly."""
-    from wsrl import envs
+    from wsrl import specs
 
-    suites = envs._suites()
+    suites = specs._suites()
     for suite in suites:
         for entry in suite["envs"]:
             entry["max_episode_steps"] = 20
-    monkeypatch.setattr(envs, "_suites", lambda: suites)
+    monkeypatch.setattr(specs, "_suites", lambda: suites)
 
 
 @pytest.mark.parametrize("domain", ["antmaze", "adroit", "kitchen"])
@@ -381,7 +382,7 @@ def test_a_gymnasium_robotics_id_outside_the_suites_is_registered_and_gets_its_d
 
 
 def test_an_id_of_an_installed_env_package_is_registered_when_gymnasium_does_not_know_it():
-    probe = ("import gymnasium as gym; from wsrl.envs import make_env, resolve_env; known = 'PointMaze_UMaze-v3' in gym.registry; "
+    probe = ("import gymnasium as gym; from wsrl.envs import make_env; from wsrl.specs import resolve_env; known = 'PointMaze_UMaze-v3' in gym.registry; "
              "env = make_env(resolve_env('PointMaze_UMaze-v3')); print(known, env.observation_space.shape, env.action_space.shape)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split("\n")[0] == "False (8,) (2,)", done.stdout + done.stderr[-2000:]

@@ -11,10 +11,60 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_wsrl
+from conftest import TINY, run_wsrl
 from wsrl.config import EvaluateConfig
-from wsrl.envs import resolve_env
-from wsrl.evaluate import evaluate, evaluate_policy, renderer_problem
+from wsrl.specs import resolve_env
+from wsrl.evaluate import evaluate, evaluate_policy, renderer_problem, start_seeds
+
+
+def _hopper_starts(seeds: list[int]) -> np.ndarray:
+    env = gym.make("Hopper-v5")
+    starts = np.stack([env.reset(seed=s)[0] for s in seeds])
+    env.close()
+    return starts
+
+
+def test_no_two_run_seeds_share_a_start_state_and_each_evaluation_draws_new_ones():
+    episodes, steps = 10, range(0, 16_001, 1000)
+    per_run = {seed: [start_seeds(seed, step, episodes) for step in steps] for seed in range(5)}
+    all_seeds = [s for evaluations in per_run.values() for ev in evaluations for s in ev]
+    assert len(set(all_seeds)) == len(all_seeds)  # no reset seed twice: across run seeds, steps and episodes
+    assert start_seeds(3, 2000, episodes) == per_run[3][2]  # a function of (seed, step) alone: replayable
+    assert start_seeds(3, 2000, 4) == per_run[3][2][:4]  # episode i's start does not depend on the count
+
+    # The start states themselves, not just the seeds: seed 0 and seed 1 share none, and evaluation k
+    # and k+1 of one run share none.
+    run0, run1 = _hopper_starts(per_run[0][1]), _hopper_starts(per_run[1][1])
+    next0 = _hopper_starts(per_run[0][2])
+    for a, b in ((run0, run1), (run0, next0)):
+        distances = np.abs(a[:, None, :] - b[None, :, :]).max(-1)
+        assert distances.min() > 1e-6
+
+
+def test_evaluations_at_different_steps_of_one_run_see_different_starts(pretrained):
+    from wsrl.policies import read_policy
+
+    actor = read_policy(str(pretrained), "test").actor(torch.device("cpu"), "test")
+    hopper = resolve_env("Hopper-v5")
+    first, again = (evaluate(actor, hopper, 3, 0, 1000, torch.device("cpu")) for _ in range(2))
+    later = evaluate(actor, hopper, 3, 0, 2000, torch.device("cpu"))
+    other_seed = evaluate(actor, hopper, 3, 1, 1000, torch.device("cpu"))
+    assert first == again
+    assert later["eval/return"] != first["eval/return"] and other_seed["eval/return"] != first["eval/return"]
+
+
+def test_evaluate_reproduces_each_logged_fine_tuning_evaluation_from_its_checkpoint(tmp_path, pretrained):
+    out = tmp_path / "ft"
+    assert run_wsrl("finetune", "--checkpoint", pretrained, "--out", out, "--steps", 120, "--warmup-steps", 40,
+                    "--eval-every", 40, "--save-every", 40, "--keep-checkpoints", 5, "--seed", 3, *TINY,
+                    "--batch-size", 32) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r["eval/return"] for r in rows if "eval/return" in r}
+    assert sorted(logged) == [0, 40, 80, 120] and len(set(logged.values())) == 4
+    for step in (40, 80, 120):
+        result = evaluate_policy(EvaluateConfig(source=str(out / "checkpoints" / f"step_{step:09d}")))
+        assert result["seed"] == 3 and result["starts_of_step"] == step
+        assert result["eval/return"] == pytest.approx(logged[step], rel=1e-9)
 
 
 def test_evaluate_reproduces_the_evaluation_logged_in_training(pretrained, capsys):
@@ -27,7 +77,8 @@ def test_evaluate_reproduces_the_evaluation_logged_in_training(pretrained, capsy
 
     assert run_wsrl("evaluate", pretrained, "--episodes", 3, "--sampled", "--seed", 5) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith(f"wsrl evaluate: {pretrained} (step 60) on Hopper-v5, 3 episodes (sampled actions, seed 5): return ")
+    assert line.startswith(f"wsrl evaluate: {pretrained} (step 60) on Hopper-v5, 3 episodes (sampled actions, seed 5, "
+                           f"starts of step 60): return ")
     assert "normalised score" in line and "±" in line
 
 
@@ -52,10 +103,13 @@ def test_success_rate_is_aggregated_where_the_env_reports_it():
     gym.register("WsrlTestGoal-v0", entry_point=_GoalEnv)
     actor = torch.nn.Linear(2, 1)
     actor.act = lambda obs, deterministic: torch.zeros(len(obs), 1 if obs.shape[-1] == 2 else 3)
-    metrics = evaluate(actor, resolve_env("WsrlTestGoal-v0"), 4, 0, torch.device("cpu"))  # seeds 1000..1003
+    seeds = start_seeds(0, 0, 4)
+    assert 0 < sum(s % 2 == 0 for s in seeds) < 4, "the test needs both parities among the reset seeds"
+    metrics = evaluate(actor, resolve_env("WsrlTestGoal-v0"), 4, 0, 0, torch.device("cpu"))
     assert metrics["eval/return"] == 4.0 and "eval/normalized_score" not in metrics
-    assert metrics["eval/success_rate"] == 0.5 and metrics["eval/success_rate_std"] == 0.5
-    hopper = evaluate(actor, resolve_env("Hopper-v5"), 1, 0, torch.device("cpu"))
+    expected = np.array([s % 2 == 0 for s in seeds], dtype=float)
+    assert metrics["eval/success_rate"] == expected.mean() and metrics["eval/success_rate_std"] == expected.std()
+    hopper = evaluate(actor, resolve_env("Hopper-v5"), 1, 0, 0, torch.device("cpu"))
     assert "eval/success_rate" not in hopper  # Hopper reports no success
 
 

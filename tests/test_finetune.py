@@ -11,6 +11,7 @@ from conftest import TINY, run_wsrl
 from wsrl.checkpoint import load_checkpoint
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.data.rollout import BufferWriter, Collector
+from wsrl.precision import effective_precision
 
 FAST = [*TINY, "--batch-size", 32, "--eval-every", 1000]
 
@@ -146,14 +147,16 @@ def test_from_scratch_rlpd_recipe(tmp_path, hopper_file):
     assert meta["config"]["from_scratch"] and meta["config"]["offline_ratio"] == 0.5
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path, pretrained):
-    common = ["--checkpoint", pretrained, "--warmup-steps", 40, "--save-every", 30, *FAST]
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, pretrained, precision):
+    common = ["--checkpoint", pretrained, "--warmup-steps", 40, "--save-every", 30, "--precision", precision, *FAST]
     full, part = tmp_path / "full", tmp_path / "part"
     assert run_wsrl("finetune", "--out", full, "--steps", 130, *common) == 0
     assert run_wsrl("finetune", "--out", part, "--steps", 70, *common) == 0  # "interrupted" after 70 steps
     assert run_wsrl("finetune", "--resume", part, "--steps", 130) == 0
     (meta_a, model_a, state_a), (meta_b, model_b, state_b) = load_checkpoint(full), load_checkpoint(part)
     assert meta_a["step"] == meta_b["step"] == 130
+    assert meta_b["config"]["precision"] == effective_precision(precision, torch.device("cpu"))
     assert state_a["counters"] == state_b["counters"]
     for key, value in state_a["buffer"].items():
         assert torch.equal(value, state_b["buffer"][key]), key
@@ -163,13 +166,14 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, pretrained):
 
 def _as_format_1(run_dir):
     """Rewrite a run's newest checkpoint and config.json as wsrl wrote them before format 2: the CQL-only
-    max-target field, no recipe, and a collector state without success tracking."""
+    max-target field, no recipe, no precision (fp32), and a collector state without success tracking."""
     from wsrl.checkpoint import _sha256, list_checkpoints
 
     def old_config(config):
         config = {**config, "agent": dict(config["agent"])}
         config["agent"]["cql_max_target_backup"] = config["agent"].pop("max_target_backup")
         config.pop("recipe")
+        config.pop("precision")
         return config
 
     (run_dir / "config.json").write_text(json.dumps(old_config(json.loads((run_dir / "config.json").read_text()))))

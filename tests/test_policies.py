@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import run_wsrl
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 from wsrl.policies import TrainedPolicy, export_metadata, load_policy, read_policy, shipped_policies, shipped_policy_info
 
 
@@ -149,3 +149,48 @@ def test_export_follows_the_actor_variant(tmp_path, observations):
     with torch.no_grad():
         pt2_actions = torch.export.load(str(tmp_path / "p.pt2")).module()(torch.from_numpy(observations)).numpy()
     np.testing.assert_allclose(pt2_actions, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("env", ["Hopper-v5", "antmaze-umaze-v2", "door-human-v1", "kitchen-mixed-v0"])
+def test_export_layout_is_the_domains_flattening(env, tmp_path):
+    """The exported file's input is the domain's flat observation, and its metadata says what that
+    holds: AntMaze leaves its fixed goal out (29 numbers, not the 31 of the dict), kitchen keeps
+    D4RL's 60 of Gymnasium-Robotics' state. A dict observation rebuilt from the layout's keys is
+    the env's flat observation."""
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX export is checked with the 'export' extra")
+    pytest.importorskip("gymnasium_robotics")
+    from safetensors.torch import save_file
+
+    from wsrl.config import NetConfig
+    from wsrl.domains import domain_of
+    from wsrl.envs import env_dims, make_env
+    from wsrl.nets import Actor
+    from wsrl.policies import export_policy
+
+    spec = resolve_env(env)
+    wrapped = make_env(spec)
+    obs_dim, act_dim = env_dims(wrapped)
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    save_file(Actor(obs_dim, act_dim, NetConfig(actor_hidden=(8,))).state_dict(), folder / "actor.safetensors")
+    (folder / "policy.json").write_text(json.dumps({"env": env, "env_id": spec.id, "obs_dim": obs_dim, "act_dim": act_dim,
+                                                    "net": {"actor_hidden": [8]}}))
+    path, meta = export_policy(str(folder), tmp_path / "p.onnx", "onnx")
+    (width,) = ort.InferenceSession(str(path)).get_inputs()[0].shape[1:]
+    layout = meta["obs_keys"]
+    raw_space = wrapped.unwrapped.observation_space
+    if not isinstance(raw_space, gym.spaces.Dict):
+        assert layout is None and width == obs_dim
+        return
+    assert width == obs_dim == sum(size for _, size in layout)
+    raw = wrapped.unwrapped.observation_space.sample()
+    flat = domain_of(spec).flatten(raw)
+    if all("[" not in source and "(" not in source for source, _ in layout):  # plain keys: rebuild the input from them
+        def value(source):
+            node = raw
+            for key in source.split("/"):
+                node = node[key]
+            return np.asarray(node, dtype=np.float32).reshape(-1)
+
+        np.testing.assert_array_equal(np.concatenate([value(source) for source, _ in layout]), flat)
+    wrapped.close()

@@ -72,8 +72,8 @@ def test_report_matches_hand_computed_statistics_and_an_independent_bootstrap(tm
     _sweep_tree(tmp_path / "sweep")
     out = tmp_path / "report"
     assert run_wsrl("report", tmp_path / "sweep", "--out", out, "--resamples", 10_000, "--seed", 0) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["aggregates.csv", "curves.png", "per_env.csv", "profiles.csv",
-                                                     "profiles.png", "report.md", "runs.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["aggregates.csv", "curves.png", "per_env.csv", "per_env_iqm.csv",
+                                                     "profiles.csv", "profiles.png", "report.md", "runs.csv"]
     assert all((out / f).read_bytes()[:4] == b"\x89PNG" for f in ("curves.png", "profiles.png"))
 
     # IQM of all 12 runs (3 cut off each end), median / mean of the per-env means, optimality gap
@@ -107,6 +107,14 @@ def test_report_matches_hand_computed_statistics_and_an_independent_bootstrap(tm
     assert float(a["handover_mean"]) == HANDOVER and float(a["dip_mean"]) == HANDOVER
     assert per_env["pend", "B"]["score"] == "eval/return" and float(per_env["pend", "B"]["final_mean"]) == -850.0
 
+    # Per env and method, the IQM over seeds: of A's finals on env b (50, 60, 70, 80), the middle two;
+    # its interval against the independent bootstrap (one task: seeds resampled).
+    robust = {(r["env"], r["method"]): r for r in _csv(out / "per_env_iqm.csv")}
+    b = robust["b", "A"]
+    assert float(b["final_iqm"]) == 65.0 and float(b["dip_iqm"]) == HANDOVER and float(b["dip_fraction_iqm"]) == 1.0
+    low, high = _stratified_bootstrap([np.array(FINALS["A"]["b"], dtype=float)], _iqm, 20_000, rng)
+    assert float(b["final_ci_low"]) == pytest.approx(low, abs=2.5) and float(b["final_ci_high"]) == pytest.approx(high, abs=2.5)
+
     # Profiles: fraction of runs above tau, averaged over envs (A at 50: 0/4, 3/4, 1/4).
     profiles = {(r["method"], float(r["tau"])): float(r["fraction"]) for r in _csv(out / "profiles.csv")}
     assert profiles["A", 50.0] == pytest.approx((0 + 0.75 + 0.25) / 3)
@@ -116,6 +124,9 @@ def test_report_matches_hand_computed_statistics_and_an_independent_bootstrap(tm
     assert f"| A | {expected['A']['IQM']:.1f} [{float(rows['A', 'IQM']['ci_low']):.1f}, " in text
     assert "| a | A | normalised | 4 | 20.0 ± 0.0 | 20.0 ± 0.0 | 25.0 ± 12.9 |" in text
     assert "| pend | A | return | 2 |" in text and "Not in the across-env statistics: pend" in text
+    assert f"| b | A | 4 | 20.0 [20.0, 20.0] | 20.0 [20.0, 20.0] | 100.0 [100.0, 100.0] | 65.0 [{float(b['final_ci_low']):.1f}, " in text
+    # Per seed, each method's hand-over / dip / final side by side: seed 3 of env c.
+    assert "| c | 3 | 20.0 / 20.0 / 105.0 | 20.0 / 20.0 / 30.0 |" in text
     assert "Left out, not finished:" in text and "seed9" in text
 
     # Written again: the same numbers (fixed seed), the old report replaced as a whole.

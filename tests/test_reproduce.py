@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from domain_data import ANTMAZE, antmaze_d4rl_rows, antmaze_episodes, write_d4rl
-from wsrl.envs import resolve_env
+from wsrl.specs import resolve_env
 
 REPO = Path(__file__).resolve().parent.parent
 

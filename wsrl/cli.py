@@ -16,6 +16,7 @@ import tyro
 
 from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict, upgrade_config
 from wsrl.errors import DivergenceError, UserError
+from wsrl.precision import Precision
 
 USAGE = """usage: wsrl <command> [flags]   (wsrl <command> --help lists every flag)
 
@@ -67,6 +68,7 @@ def parse_pretrain(args: list[str]) -> PretrainConfig:
     algo, recipe = _peek(args, "--algo"), _peek(args, "--recipe")
     _check_choice("--algo", algo, get_args(Algo))
     _check_choice("--recipe", recipe, get_args(RecipeName))
+    _check_choice("--precision", _peek(args, "--precision"), get_args(Precision))
     resume = _peek(args, "--resume")
     if resume:
         return _parse(PretrainConfig, _saved_config(PretrainConfig, resume), args, "pretrain")
@@ -80,6 +82,7 @@ def parse_finetune(args: list[str]) -> FinetuneConfig:
     online_algo, recipe = _peek(args, "--online-algo"), _peek(args, "--recipe")
     _check_choice("--online-algo", online_algo, get_args(OnlineAlgo))
     _check_choice("--recipe", recipe, get_args(RecipeName))
+    _check_choice("--precision", _peek(args, "--precision"), get_args(Precision))
     resume = _peek(args, "--resume")
     if resume:
         return _parse(FinetuneConfig, _saved_config(FinetuneConfig, resume), args, "finetune")
@@ -129,6 +132,7 @@ def _report(cfg) -> None:
 def parse_evaluate(args: list[str]):
     from wsrl.config import EvaluateConfig
 
+    _check_choice("--precision", _peek(args, "--precision"), get_args(Precision))
     return tyro.cli(EvaluateConfig, args=args, prog="wsrl evaluate", config=(tyro.conf.OmitArgPrefixes,))
 
 

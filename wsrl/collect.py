@@ -32,10 +32,13 @@ import torch
 from wsrl import __version__
 from wsrl.atomic import atomic_write, fsync, fsync_tree
 from wsrl.config import CollectConfig
+from wsrl.data.buffer import ReplayBuffer, unscale_rewards
 from wsrl.data.offline import WSRL_COLLECT_ALGORITHM
-from wsrl.envs import EnvSpec, env_dims, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
 from wsrl.policies import check_policy_env, load_policy
+from wsrl.runtime import resolve_device
 
 COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
 
@@ -137,20 +140,14 @@ def replay_episodes(run_dir: str, steps: int, spec: EnvSpec, obs_dim: int, act_d
     if cfg.get("num_envs", 1) != 1:
         raise UserError(f"{where}: was trained with --num-envs {cfg['num_envs']}; episodes can only be recovered "
                         f"from a single-env run")
-    buf = state["buffer"]
-    size, ptr = len(buf["rewards"]), int(buf["_ptr"])
-    order = np.arange(size)
-    if size == cfg["buffer_capacity"] and ptr:
-        order = np.roll(order, -ptr)  # the buffer wrapped: oldest first
-    order = order[:steps]
-    col = {k: buf[k].numpy()[order] for k in ("observations", "actions", "rewards", "next_observations", "masks")}
-    n = len(order)
+    col = {k: v[:steps] for k, v in ReplayBuffer.saved_rows(state["buffer"]).items()}
+    n = len(col["rewards"])
     terminals = col["masks"] == 0.0
     ends = terminals.copy()
     ends[:-1] |= np.any(col["next_observations"][:-1] != col["observations"][1:], axis=1)
     ends[-1] = True
     timeouts = ends & ~terminals
-    rewards = (col["rewards"] - cfg["reward_bias"]) / cfg["reward_scale"]
+    rewards = unscale_rewards(col["rewards"], cfg["reward_scale"], cfg["reward_bias"])
     start = 0
     for end in np.flatnonzero(ends):
         sl = slice(start, end + 1)
@@ -237,7 +234,6 @@ def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces
 
 def collect(cfg: CollectConfig) -> dict[str, float]:
     """Everything is checked before any env is stepped; nothing is written until all data is in memory."""
-    from wsrl.train import resolve_device
 
     if not cfg.out:
         raise UserError("--out: no output given (an .hdf5 path, or a Minari dataset id with --format minari)")

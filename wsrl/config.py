@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import tyro
 
 from wsrl.errors import UserError
+from wsrl.precision import Precision
 from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule
 
 Algo = Literal["cql", "calql", "iql"]
@@ -115,7 +116,7 @@ class RunConfig:
     out: str = ""
     """Run directory for checkpoints, TensorBoard events, metrics.jsonl and config.json."""
     seed: int = 0
-    """Seed of torch, numpy and the environments (evaluation env uses seed + 1000)."""
+    """Seed of torch, numpy and the environments (evaluation start states: from (seed, step), docs/reference.md)."""
     device: str = "auto"
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
     reward_scale: float | None = None
@@ -140,6 +141,10 @@ class RunConfig:
     """On CUDA, capture the whole per-step update as one CUDA graph (CUDA only; CPU has no graphs)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default (one per physical core). Use fewer when other busy processes share the cores."""
+    precision: Precision = "fp32"
+    """Precision of the hidden layers' matmuls (critics, actor, value net): fp32, or bf16 where the hardware multiplies
+    bf16 natively (CPUs with avx512_bf16/amx_bf16, CUDA sm80+; elsewhere it says so and runs fp32). Weights, Adam,
+    output heads, losses and targets stay fp32 (docs/performance.md). Checkpoints load in either precision."""
     lr_schedule: Schedule = "constant"
     """Learning rate over the updates, counted from the first (after the warmup): constant; rewarm (linear from
     lr_warmup_start x lr to lr over lr_warmup_updates); wsd (rewarm, then linear decay to lr_final x lr over the
@@ -304,13 +309,18 @@ class EvaluateConfig:
     sampled: bool = False
     """Sample actions from the policy instead of the deterministic tanh(mean)."""
     seed: int | None = None
-    """Episode i starts from seed + 1000 + i, as in training; default the run's --seed (0 for a shipped policy)."""
+    """Run seed of the start states (training's rule); default the run's --seed (0 for a shipped policy)."""
+    step: int | None = None
+    """Replay the start states of the evaluation logged at this step; default the checkpoint's step (0 for a shipped policy)."""
     video: str = ""
     """Also write the first episode to this .mp4 (needs wsrl[video] and MUJOCO_GL=osmesa or egl)."""
     device: str = "cpu"
     """Device the policy runs on."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    precision: Precision | None = None
+    """Precision of the actor's hidden layers (see `wsrl finetune --help`); default the run's (fp32 for a shipped
+    policy), which reproduces the run's logged evaluations."""
 
 
 @dataclass

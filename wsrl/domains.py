@@ -1,6 +1,6 @@
-"""The sparse benchmark domains (antmaze, adroit, kitchen): what each changes about its env and data.
+"""The sparse benchmark domains (antmaze, adroit, kitchen): what each changes about its env.
 
-One class per domain holds all of it, so a convention is defined once:
+One class per domain holds its env-side rules, so a convention is defined once:
 
 - ``flatten``: the domain's observation layout, the same for env steps and dataset episodes;
 - ``wrap``: rewards and episode ends as the WSRL release uses them, converted from
@@ -8,31 +8,24 @@ One class per domain holds all of it, so a convention is defined once:
   Evaluation and the online loop only take its maximum over an episode (antmaze: the goal was
   reached; adroit: the goal was achieved at some step; kitchen: the fraction of the 4 subtasks
   solved, which only grows);
-- ``adapt``: an upstream dataset (a D4RL file, a Minari port) mapped onto that env, in the raw
-  reward convention of ``wrap`` (reward scale/bias are applied later, once, by the replay buffer),
-  or refused with a one-line reason.
 
-Datasets written by ``wsrl collect`` come from these wrapped envs and are left as they are.
+Datasets are mapped onto these conventions by ``wsrl.data.adapt``; those written by ``wsrl
+collect`` come from these wrapped envs and are left as they are.
 ``docs/domains.md`` lists every difference from the paper's gym + d4rl + mj_envs stack.
 """
 
 from __future__ import annotations
 
 import abc
-
-import dataclasses
 import functools
 import warnings
-from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 
 from wsrl.errors import UserError
+from wsrl.specs import EnvSpec
 
-if TYPE_CHECKING:
-    from wsrl.data.offline import OfflineData
-    from wsrl.envs import EnvSpec
 
 
 def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
@@ -42,6 +35,19 @@ def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
         return np.concatenate([flatten_sorted(obs[k], batched) for k in sorted(obs)], axis=-1)
     x = np.asarray(obs, dtype=np.float32)
     return x.reshape(len(x), -1) if batched else x.reshape(-1)
+
+
+Layout = list[list]
+"""What the flat observation holds, in order: [source, size] pairs; a source names a key of the
+env's dict observation (nested keys joined by "/"), with a [start:end] slice where only part is
+used. An exported policy carries it, so that its user can build the input from the env."""
+
+
+def sorted_layout(space: gym.Space, prefix: str = "") -> Layout:
+    """`flatten_sorted`'s layout of ``space``."""
+    if isinstance(space, gym.spaces.Dict):
+        return [entry for k in sorted(space.spaces) for entry in sorted_layout(space[k], f"{prefix}{k}/")]
+    return [[prefix.rstrip("/") or "observation", int(np.prod(space.shape))]]
 
 
 class Task(gym.Wrapper, abc.ABC):
@@ -78,11 +84,12 @@ class Domain:
     def flatten(self, obs, batched: bool = False) -> np.ndarray:
         return flatten_sorted(obs, batched)
 
+    def layout(self, space: gym.Space) -> Layout:
+        """What ``flatten`` makes of an observation of ``space`` (the env's own observation space)."""
+        return sorted_layout(space)
+
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         return env
-
-    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
-        return data
 
 
 class AntMaze(Domain):
@@ -97,8 +104,6 @@ class AntMaze(Domain):
 
     SUCCESS_RADIUS = 0.5
     """D4RL's goal radius (Gymnasium-Robotics uses 0.45): reward 1 and the episode ends within it."""
-    WALL_TOLERANCE = 1e-3
-    """Fraction of x-y positions allowed inside walls before a dataset is refused as another maze's."""
 
     def prepare(self) -> None:
         # v4 on purpose: v5's Ant observation adds contact forces; D4RL's and Minari's data are v4's.
@@ -110,6 +115,9 @@ class AntMaze(Domain):
         return np.concatenate([flatten_sorted(obs["achieved_goal"], batched),
                                flatten_sorted(obs["observation"], batched)], axis=-1)
 
+    def layout(self, space: gym.Space) -> Layout:
+        return [*sorted_layout(space["achieved_goal"], "achieved_goal/"), *sorted_layout(space["observation"], "observation/")]
+
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         goals = len(env.unwrapped.maze.unique_goal_locations)
         if goals != 1:
@@ -118,31 +126,6 @@ class AntMaze(Domain):
                             f"observation (D4RL's) has no goal in it, so the maze needs one goal cell (a maze_map "
                             f"with one 'g', as the antmaze suite's envs have)")
         return _AntMazeTask(env, self.SUCCESS_RADIUS)
-
-    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
-        maze = _maze(spec)
-        if data.layout == "d4rl":
-            if spec.d4rl_xy_offset is None:
-                raise UserError(f"{where}: {spec.name} has no D4RL maze offset in its suite spec; "
-                                f"a D4RL file cannot be placed in this maze")
-            offset = np.asarray(spec.d4rl_xy_offset, dtype=np.float32)
-            data = dataclasses.replace(data, observations=_shift_xy(data.observations, offset),
-                                       next_observations=_shift_xy(data.next_observations, offset))
-        inside = _in_walls(maze, data.observations[:, :2]) | _in_walls(maze, data.next_observations[:, :2])
-        if inside.mean() > self.WALL_TOLERANCE:
-            frame = f"after D4RL's offset {tuple(spec.d4rl_xy_offset)}" if data.layout == "d4rl" else "as stored"
-            raise UserError(f"{where}: {inside.mean():.1%} of the ant's x-y positions ({frame}) lie in walls or "
-                            f"outside {spec.name}'s maze; not a dataset of this maze (docs/domains.md lists the env "
-                            f"each D4RL file and Minari port needs)")
-        if data.layout == "minari":
-            # Minari's ports were recorded as continuing tasks towards per-episode goals (radius
-            # 0.45). D4RL's files reward the fixed evaluation goal and mark those steps terminal;
-            # the Minari rows are relabelled the same way, for the goal cell's centre.
-            goal = np.asarray(maze.unique_goal_locations[0], dtype=np.float32)
-            success = np.linalg.norm(data.next_observations[:, :2] - goal, axis=1) <= self.SUCCESS_RADIUS
-            data = dataclasses.replace(data, rewards=success.astype(np.float32), terminals=success,
-                                       timeouts=data.timeouts & ~success, success=success)
-        return data
 
 
 class _AntMazeTask(Task):
@@ -162,31 +145,6 @@ class _AntMazeTask(Task):
         return float(success), success, float(success)
 
 
-def _maze(spec: EnvSpec):
-    from wsrl.envs import make_env
-
-    env = make_env(spec)
-    maze = env.unwrapped.maze
-    env.close()
-    return maze
-
-
-def _shift_xy(obs: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    out = obs.copy()
-    out[:, :2] += offset
-    return out
-
-
-def _in_walls(maze, xy: np.ndarray) -> np.ndarray:
-    """True where an x-y position lies in a wall cell or outside the maze (Gymnasium-Robotics'
-    ``cell_xy_to_rowcol``, vectorised)."""
-    walls = np.array([[cell == 1 for cell in row] for row in maze.maze_map])
-    i = np.floor((maze.y_map_center - xy[:, 1]) / maze.maze_size_scaling).astype(int)
-    j = np.floor((xy[:, 0] + maze.x_map_center) / maze.maze_size_scaling).astype(int)
-    outside = (i < 0) | (i >= walls.shape[0]) | (j < 0) | (j >= walls.shape[1])
-    return outside | walls[i.clip(0, walls.shape[0] - 1), j.clip(0, walls.shape[1] - 1)]
-
-
 class Adroit(Domain):
     """Cal-QL's binary adroit tasks: reward -1 until the goal is achieved, 0 on achieving steps.
 
@@ -197,29 +155,6 @@ class Adroit(Domain):
 
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         return _AdroitTask(env)
-
-    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
-        """The release's ``adroit_binary_dataset.py`` rules: every achieving step is terminal, each
-        trajectory is cut after its last achieving step, trajectories that never achieve it go."""
-        if data.layout == "wsrl":
-            return data
-        if data.success is None:
-            raise UserError(f"{where}: adroit's binary reward needs each step's success (Minari's infos/success, "
-                            f"or infos/success or infos/goal_achieved in an HDF5 file); this dataset has none. "
-                            f"D4RL's adroit files do not record it: use the Minari port (see docs/domains.md)")
-        success = data.success.astype(bool)
-        keep = np.zeros(len(success), dtype=bool)
-        start = 0
-        for end in np.flatnonzero(data.episode_ends):
-            hits = np.flatnonzero(success[start:end + 1])
-            if len(hits):
-                keep[start:start + hits[-1] + 1] = True
-            start = end + 1
-        if not keep.any():
-            raise UserError(f"{where}: no trajectory achieves the goal; the binary adroit data keeps only those that do")
-        data = dataclasses.replace(data, rewards=np.where(success, 0.0, -1.0).astype(np.float32), terminals=success,
-                                   timeouts=data.timeouts & ~success)
-        return data.take(keep)
 
 
 class _AdroitTask(Task):
@@ -251,18 +186,15 @@ class Kitchen(Domain):
         flat = np.concatenate([state[:, :9], state[:, 18:39], goal], axis=1)
         return flat if batched else flat[0]
 
+    def layout(self, space: gym.Space) -> Layout:
+        return [["observation[0:9]", 9], ["observation[18:39]", 21],
+                ["desired_goal (each task's values at its OBS_ELEMENT_INDICES, zeros elsewhere)", 30]]
+
     def prepare(self) -> None:
         _patch_kitchen_joint_reader()
 
     def wrap(self, env: gym.Env, spec: EnvSpec) -> gym.Env:
         return _KitchenTask(env)
-
-    def adapt(self, data: OfflineData, spec: EnvSpec, where: str) -> OfflineData:
-        if data.layout == "wsrl":
-            return data
-        # D4RL's kitchen files never set terminals; the release ends an episode at reward 4.
-        solved = data.rewards >= len(spec.kwargs["tasks_to_complete"])
-        return dataclasses.replace(data, terminals=data.terminals | solved, timeouts=data.timeouts & ~solved)
 
 
 class _KitchenTask(Task):

@@ -1,4 +1,5 @@
-"""The one place that builds environments: suite specs, D4RL names, wrappers, normalised score."""
+"""The one place that builds environments: from a spec (wsrl.specs), the Gymnasium env with its
+domain's wrappers (wsrl.domains), flat float observations and actions in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -7,86 +8,19 @@ import functools
 import importlib
 import importlib.util
 import io
-import json
-import re
 import warnings
-from dataclasses import dataclass, field
-from importlib import resources
 
 import gymnasium as gym
 import numpy as np
 
 from wsrl.domains import domain_of
 from wsrl.errors import UserError
+from wsrl.specs import EnvSpec
 
 
-@dataclass(frozen=True)
-class EnvSpec:
-    """What wsrl knows about an env: its Gymnasium id, domain, reference scores, reward shaping."""
-
-    id: str
-    name: str = ""
-    """wsrl's name for this configured env (``--env``); the Gymnasium id unless the suite gives one."""
-    domain: str = "locomotion"
-    max_episode_steps: int | None = None
-    kwargs: dict = field(default_factory=dict)
-    """Keyword arguments of ``gym.make`` (e.g. antmaze's maze map, kitchen's subtasks)."""
-    ref_min_score: float | None = None
-    ref_max_score: float | None = None
-    ref_source: str = ""
-    reward_scale: float = 1.0
-    reward_bias: float = 0.0
-    sparse_reward: bool = False
-    fail_reward: float | None = None
-    """Sparse domains: the raw reward of a step that has not succeeded (Cal-QL's return rule)."""
-    d4rl_xy_offset: tuple[float, float] | None = None
-    """antmaze: where D4RL's x-y origin (its start cell's centre) lies in this env's x-y frame."""
-    requires: str | None = None
-    d4rl_name: str | None = None
-    """Set when the env was named by a D4RL dataset name."""
-    d4rl_file: str | None = None
-    """File name of that dataset in the d4rl cache folder."""
-
-
-SHARED = ("domain", "reward_scale", "reward_bias", "sparse_reward", "fail_reward", "requires")
-"""Suite-level fields of envs/*.json, shared by every env of the suite."""
 ENV_PACKAGES = ("gymnasium_robotics", "shimmy", "panda_gym")
 """Installed packages that register Gymnasium envs when imported: an --env id not in Gymnasium's
 registry may be one of theirs, so each installed one is registered before the id is refused."""
-
-
-def _suites() -> list[dict]:
-    folder = resources.files("wsrl.env_specs")
-    return [json.loads(f.read_text()) for f in sorted(folder.iterdir(), key=lambda f: f.name)
-            if f.name.endswith(".json")]
-
-
-def _spec(entry: dict, shared: dict, **extra) -> EnvSpec:
-    fields = {k: v for k, v in entry.items() if k != "d4rl"}
-    fields.setdefault("name", entry["id"])
-    if fields.get("d4rl_xy_offset") is not None:
-        fields["d4rl_xy_offset"] = tuple(fields["d4rl_xy_offset"])
-    return EnvSpec(**fields, **shared, **extra)
-
-
-def resolve_env(name: str) -> EnvSpec:
-    """Map a suite env's name (its Gymnasium id unless named) or a D4RL dataset name to its spec
-    (a bare spec for unlisted Gymnasium ids)."""
-    if not name:
-        raise UserError("--env: no environment given (a Gymnasium id like Hopper-v5 or a D4RL name like hopper-medium-v2)")
-    for suite in _suites():
-        shared = {k: suite[k] for k in SHARED}
-        for entry in suite["envs"]:
-            if entry.get("name", entry["id"]) == name:
-                return _spec(entry, shared)
-            if name in entry["d4rl"]:
-                return _spec(entry, shared, d4rl_name=name, d4rl_file=entry["d4rl"][name])
-    for suite in _suites():
-        # Another id of the suite's env family (``family`` in envs/*.json, e.g. AdroitHandDoorSparse-v1):
-        # its domain's rewards, success and episode ends, on the env's own settings and time limit.
-        if suite.get("family") and re.fullmatch(suite["family"], name):
-            return EnvSpec(id=name, name=name, **{k: suite[k] for k in SHARED})
-    return EnvSpec(id=name, name=name)
 
 
 def _register_installed_envs() -> None:
@@ -178,10 +112,3 @@ def env_dims(env: gym.Env | gym.vector.VectorEnv) -> tuple[int, int]:
     obs_space = getattr(env, "single_observation_space", env.observation_space)
     act_space = getattr(env, "single_action_space", env.action_space)
     return int(np.prod(obs_space.shape)), int(np.prod(act_space.shape))
-
-
-def normalized_score(spec: EnvSpec, episode_return: float) -> float | None:
-    """D4RL-style score x100, or None when the env has no reference scores."""
-    if spec.ref_min_score is None or spec.ref_max_score is None:
-        return None
-    return 100.0 * (episode_return - spec.ref_min_score) / (spec.ref_max_score - spec.ref_min_score)

@@ -1,9 +1,12 @@
 """Evaluation: the one implementation behind training's ``eval/*`` points and `wsrl evaluate`.
 
-The protocol (DESIGN.md §2): N episodes side by side in one vector env seeded seed + 1000 + i,
+The protocol (docs/design.md, "Evaluation"): N episodes side by side in one vector env,
 deterministic actions (the actor's ``act(deterministic=True)``: tanh of the mean), unscaled
-rewards. Every evaluation of a run replays the same start states, so the points on a curve are
-comparable, and `wsrl evaluate` of a checkpoint with the run's seed reproduces the logged value.
+rewards. Episode i of the evaluation at step t of a run seeded s starts from a reset seed drawn
+from one generator seeded (s, t) (`start_seeds`): runs with different seeds share no start state,
+each evaluation of a run sees new start states (so a curve's points are independent draws, not one
+set of starts replayed), and `wsrl evaluate` of the checkpoint saved at t, with the run's seed,
+reproduces the value logged at t.
 """
 
 from __future__ import annotations
@@ -20,50 +23,66 @@ import torch
 
 from wsrl.atomic import atomic_write
 from wsrl.config import EvaluateConfig
-from wsrl.data.rollout import policy_actions
-from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
+from wsrl.data.rollout import Collector, Episode, policy_actions
+from wsrl.envs import env_dims, make_env, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import UserError
+from wsrl.nets import set_precision
+from wsrl.precision import effective_precision
+from wsrl.runtime import resolve_device
 
 Frames = Callable[[np.ndarray], None]
 
+_STREAM = 0x5753524C  # "WSRL": keeps evaluation's start seeds apart from any other use of (seed, step)
 
-def _episodes(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, device: torch.device,
+
+def start_seeds(seed: int, step: int, episodes: int) -> list[int]:
+    """The reset seed of each episode of the evaluation at ``step`` of a run seeded ``seed``.
+
+    One ``SeedSequence`` per (seed, step) hashes both into the episodes' seeds, so two runs (or two
+    steps) share a start only by chance (about 1 in 4e9 per pair of episodes). 32-bit words, as
+    some envs hand their seed to numpy's legacy ``RandomState``; ``% 2**64`` maps a negative seed
+    to a distinct entropy word."""
+    words = np.random.SeedSequence([_STREAM, seed % 2**64, step % 2**64]).generate_state(episodes, np.uint32)
+    return [int(w) for w in words]
+
+
+def _episodes(actor: torch.nn.Module, spec: EnvSpec, seeds: list[int], device: torch.device,
               deterministic: bool, frame: Frames | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-episode returns and, where the env reports ``info["success"]``, per-episode success
-    (the largest value an episode reported: a goal reached at any step counts, and a fraction
-    such as kitchen's subtasks/4 counts at its best)."""
-    venv = make_vector_env(spec, episodes, render_mode="rgb_array" if frame else None)
-    obs, _ = venv.reset(seed=seed + 1000)
-    returns, running = np.zeros(episodes), np.ones(episodes, dtype=bool)
-    success = None
+    """The first episode of each env, one env per seed: per-episode returns and, where the env
+    reports ``info["success"]``, per-episode success (`Episode.success`)."""
+    venv = make_vector_env(spec, len(seeds), render_mode="rgb_array" if frame else None)
+    collector = Collector(venv, seeds)
+    first: dict[int, Episode] = {}
     was_training = getattr(actor, "training", False)
     actor.eval()
     if frame:
         frame(venv.envs[0].render())
-    while running.any():
-        actions = policy_actions(actor, obs, device, deterministic=deterministic)
-        obs, rewards, terminated, truncated, infos = venv.step(actions)
-        returns += rewards * running
-        if "success" in infos:
-            reported = running & infos.get("_success", np.ones(episodes, dtype=bool))
-            value = np.where(reported, np.asarray(infos["success"], dtype=float), 0.0)
-            success = value if success is None else np.maximum(success, value)
-        if frame and running[0]:
+    while len(first) < len(seeds):
+        filming = frame is not None and 0 not in first
+        _, finished = collector.step(policy_actions(actor, collector.obs, device, deterministic=deterministic))
+        for episode in finished:
+            first.setdefault(episode.env, episode)
+        if filming:
             frame(venv.envs[0].render())
-        running &= ~(terminated | truncated)
     actor.train(was_training)
     venv.close()
-    return returns, success
+    episodes = [first[i] for i in range(len(seeds))]
+    returns = np.array([e.episode_return for e in episodes])
+    reported = [e.success for e in episodes if e.success is not None]
+    return returns, np.array(reported) if len(reported) == len(episodes) else None
 
 
 @torch.no_grad()
-def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, device: torch.device,
+def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, step: int, device: torch.device,
              deterministic: bool = True, video: str | Path | None = None) -> dict[str, float]:
-    """``eval/return`` (mean, and ``_std``), ``eval/normalized_score`` where the env has reference
+    """The evaluation at ``step`` of a run seeded ``seed`` (its start states: `start_seeds`).
+    ``eval/return`` (mean, and ``_std``), ``eval/normalized_score`` where the env has reference
     scores, ``eval/success_rate`` (and ``_std``) where it reports success. ``video``: the first
     episode as an mp4 (check `renderer_problem` first)."""
+    seeds = start_seeds(seed, step, episodes)
     if video is None:
-        returns, success = _episodes(actor, spec, episodes, seed, device, deterministic, None)
+        returns, success = _episodes(actor, spec, seeds, device, deterministic, None)
     else:
         import imageio_ffmpeg
 
@@ -84,7 +103,7 @@ def evaluate(actor: torch.nn.Module, spec: EnvSpec, episodes: int, seed: int, de
                         writer.send(None)
                     writer.send(np.ascontiguousarray(image))
 
-                result["episodes"] = _episodes(actor, spec, episodes, seed, device, deterministic, frame)
+                result["episodes"] = _episodes(actor, spec, seeds, device, deterministic, frame)
             finally:
                 if writer is not None:
                     writer.close()
@@ -106,7 +125,7 @@ def renderer_problem(spec: EnvSpec) -> str | None:
 
     Tried in a child process: a missing GL backend fails deep inside MuJoCo or PyOpenGL, some
     drivers abort the process, and the failed renderer's finalizers print tracebacks at exit."""
-    probe = ("import sys; from wsrl.envs import make_env, resolve_env; "
+    probe = ("import sys; from wsrl.envs import make_env; from wsrl.specs import resolve_env; "
              "env = make_env(resolve_env(sys.argv[1]), render_mode='rgb_array'); env.reset(seed=0); "
              "frame = env.render(); env.close(); "
              "sys.exit(0 if frame is not None and frame.size else 'the env rendered no image')")
@@ -137,9 +156,9 @@ def _check_video(path: str, spec: EnvSpec) -> None:
 
 def evaluate_policy(cfg: EvaluateConfig) -> dict:
     """`wsrl evaluate`: a run, checkpoint or shipped policy under training's evaluation protocol.
-    Episodes and seed default to the run's, so a checkpoint's logged evaluation is reproduced."""
+    Episodes, seed and step default to the run's and the checkpoint's, so a checkpoint's logged
+    evaluation is reproduced."""
     from wsrl.policies import read_policy
-    from wsrl.train import resolve_device
 
     if cfg.episodes < 0:
         raise UserError(f"--episodes: must be positive (or 0 for the run's --eval-episodes), got {cfg.episodes}")
@@ -156,10 +175,12 @@ def evaluate_policy(cfg: EvaluateConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     episodes = cfg.episodes or int(policy.run_config.get("eval_episodes", 20))
     seed = cfg.seed if cfg.seed is not None else int(policy.run_config.get("seed", 0))
+    step = cfg.step if cfg.step is not None else int(policy.description.get("step") or 0)
     actor = policy.actor(device, cfg.source)
+    set_precision(actor, effective_precision(cfg.precision or policy.run_config.get("precision", "fp32"), device))
     torch.manual_seed(seed)  # after building the actor (its init draws numbers): sampled actions are reproducible
-    metrics = evaluate(actor, spec, episodes, seed, device, deterministic=not cfg.sampled, video=cfg.video or None)
-    summary = {**metrics, "episodes": float(episodes), "seed": float(seed)}
+    metrics = evaluate(actor, spec, episodes, seed, step, device, deterministic=not cfg.sampled, video=cfg.video or None)
+    summary = {**metrics, "episodes": float(episodes), "seed": float(seed), "starts_of_step": float(step)}
     if "eval/normalized_score" in metrics:
         std = normalized_score(spec, metrics["eval/return"] + metrics["eval/return_std"]) - metrics["eval/normalized_score"]
         summary["eval/normalized_score_std"] = abs(std)
@@ -175,4 +196,4 @@ def summary_line(cfg: EvaluateConfig, r: dict) -> str:
         line += f", success rate {r['eval/success_rate']:.2f} ± {r['eval/success_rate_std']:.2f}"
     step = f" (step {r['step']})" if r["step"] is not None else ""
     return (f"wsrl evaluate: {cfg.source}{step} on {r['env']}, {int(r['episodes'])} episodes ({how}, seed "
-            f"{int(r['seed'])}): {line}" + (f"; video {cfg.video}" if cfg.video else ""))
+            f"{int(r['seed'])}, starts of step {int(r['starts_of_step'])}): {line}" + (f"; video {cfg.video}" if cfg.video else ""))

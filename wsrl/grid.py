@@ -28,8 +28,8 @@ from pathlib import Path
 
 from wsrl.config import FinetuneConfig, PretrainConfig, SweepConfig
 from wsrl.errors import UserError
-from wsrl.envs import resolve_env
-from wsrl.recipes import finetune_settings, pretrain_as, recipe_names
+from wsrl.specs import resolve_env
+from wsrl.recipes import finetune_settings, load_recipe, pretrain_as, pretraining_owner
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 FLAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -213,21 +213,16 @@ def _check_env(env: Env, where: str) -> None:
         raise UserError(f"{where}: {e}") from None
 
 
-def _check_recipe(recipe, where: str) -> str:
-    if recipe not in recipe_names():
-        raise UserError(f"{where}: unknown recipe '{recipe}' (known: {', '.join(recipe_names())})")
-    return recipe
-
-
 def parse_methods(section, where: str) -> dict[str, Method]:
     methods = {}
     for name, entry in _named(section, where).items():
         at = f"{where}.{name}"
         entry = _table(entry, {"recipe", "pretrain", "finetune"}, at)
-        recipe = _check_recipe(entry.get("recipe", name), f"{at}.recipe")
+        recipe = entry.get("recipe", name)
+        load_recipe(recipe, f"{at}.recipe")
         pretrain = flags_from_table(entry.get("pretrain", {}), f"{at}.pretrain")
-        if pretrain and pretrain_as(recipe) is None:
-            raise UserError(f"{at}.pretrain: recipe {recipe} has no pretraining")
+        if pretrain:
+            pretraining_owner(recipe, f"{at}.pretrain")
         methods[_check_name(name, at)] = Method(name, recipe, pretrain, flags_from_table(entry.get("finetune", {}), f"{at}.finetune"))
     return methods
 
@@ -296,8 +291,9 @@ def load_sweep(cfg: SweepConfig) -> Sweep:
             chosen[name] = entry
         envs = chosen
     if cfg.methods:
-        methods = {name: methods.get(name) or Method(_check_name(name, "--methods"), _check_recipe(name, "--methods"))
-                   for name in cfg.methods}
+        for name in set(cfg.methods) - set(methods):  # a recipe's name, used as is
+            load_recipe(name, "--methods")
+        methods = {name: methods.get(name) or Method(_check_name(name, "--methods"), name) for name in cfg.methods}
     if cfg.seeds:
         seeds = parse_seeds(list(cfg.seeds), "--seeds")
     for what, value, flag in (("envs", envs, "--envs"), ("methods", methods, "--methods"), ("seeds", seeds, "--seeds")):

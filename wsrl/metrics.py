@@ -1,4 +1,4 @@
-"""The metrics of one fine-tuning run, defined once for every report, demo and study (DESIGN.md §7).
+"""The metrics of one fine-tuning run, defined once for every report, demo and study (docs/design.md, "Metrics").
 
 Steps are online env steps counted from the start of fine-tuning; the points are the
 deterministic-policy evaluations logged by `wsrl finetune` (``eval/*`` in ``metrics.jsonl``).

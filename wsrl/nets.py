@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsrl.config import NetConfig
+from wsrl.precision import DTYPES
 
 LOG_STD_MIN, LOG_STD_MAX = math.log(1e-5), math.log(10.0)
 ACTION_CLIP = 1.0 - 1e-5
@@ -40,6 +41,9 @@ class EnsembleLinear(nn.Module):
         weight, bias = self.weight, self.bias
         if members is not None and weight.shape[0] > 1:
             weight, bias = weight[members], bias[members]
+        # The GEMM runs in the input's dtype (EnsembleMLP.hidden_dtype); the fp32 master weights
+        # are cast per call, which autograd undoes for their gradients. A no-op in fp32.
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         if weight.shape[0] == 1 and x.dim() == 3:  # one layer shared by all members (shared head)
             return torch.addmm(bias[0], x.reshape(-1, x.shape[-1]), weight[0]).view(*x.shape[:-1], -1)
         if x.dim() == 2:
@@ -70,8 +74,10 @@ class EnsembleLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
-        # One fused multiply-add for the per-member affine, instead of a mul and an add pass.
-        return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS), weight)
+        # One fused multiply-add for the per-member affine, instead of a mul and an add pass. In
+        # bf16 the mean and variance still accumulate in fp32 (torch's kernels do for bf16 input);
+        # only the normalised output is rounded, as the next GEMM would round it anyway.
+        return torch.addcmul(bias.to(x.dtype), F.layer_norm(x, x.shape[-1:], eps=LAYER_NORM_EPS), weight.to(x.dtype))
 
 
 class EnsembleMLP(nn.Module):
@@ -82,6 +88,11 @@ class EnsembleMLP(nn.Module):
     zero), the output Dense orthogonal with gain sqrt(2). ``shared_head`` makes the output layer
     one Dense shared by all members, as the release does for its critic; per-member heads (REDQ,
     RLPD) are the default.
+
+    ``hidden_dtype`` is the precision of the hidden layers (``--precision``, wsrl/precision.py):
+    in bf16 the input is rounded once and every hidden GEMM, LayerNorm and ReLU runs on bf16
+    activations; the head always runs in fp32 on the last hidden activations, so Q-values,
+    means and log-stds, and everything computed from them, are fp32.
     """
 
     def __init__(self, ensemble_size: int, in_dim: int, hidden: tuple[int, ...], out_dim: int,
@@ -89,6 +100,7 @@ class EnsembleMLP(nn.Module):
                  shared_head: bool = False, dropout: float = 0.0):
         super().__init__()
         self.ensemble_size = ensemble_size
+        self.hidden_dtype = torch.float32
         layers: list[nn.Module] = []
         width = in_dim
         for i, h in enumerate(hidden):
@@ -105,6 +117,7 @@ class EnsembleMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """[B, in] or [E, B, in] -> [E, B, out] (or [len(members), B, out])."""
+        x = x.to(self.hidden_dtype)
         for layer in self.hidden:
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer(x, members)
@@ -114,7 +127,7 @@ class EnsembleMLP(nn.Module):
                 x = x.relu_()
             else:
                 x = layer(x)
-        return self.head(x, members)
+        return self.head(x.float(), members)
 
 
 class Critic(nn.Module):
@@ -194,6 +207,14 @@ class Actor(nn.Module):
 def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
     """sum log(1 - tanh(u)^2), written in a form that is stable for large |u|."""
     return (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+
+
+def set_precision(module: nn.Module, precision: str) -> None:
+    """Run the hidden layers of every network in ``module`` in ``precision`` (fp32 or bf16; see
+    EnsembleMLP). Parameters stay fp32, so this changes no weight and no checkpoint."""
+    for mlp in module.modules():
+        if isinstance(mlp, EnsembleMLP):
+            mlp.hidden_dtype = DTYPES[precision]
 
 
 def multiplier_init(value: float, softplus: bool) -> float:

@@ -5,7 +5,7 @@ A source is ``random``, a shipped policy name (``wsrl/policies/<name>/``: the ac
 writes the deterministic actor (tanh of the mean for the tanh-Gaussian actor) in a form that
 runs without wsrl — ONNX or a ``torch.export`` program — or as a shipped-policy folder, each
 with the same metadata: env, observation and action sizes, the env's action bounds (the actor
-acts in [-1, 1]), the dict-observation key order, the actor kind.
+acts in [-1, 1]), the dict-observation layout (which keys, in which order), the actor kind.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import torch
 from wsrl import __version__
 from wsrl.atomic import atomic_write
 from wsrl.config import ExportConfig, ExportFormat
-from wsrl.envs import EnvSpec, env_dims, make_env, resolve_env
+from wsrl.domains import domain_of
+from wsrl.envs import env_dims, make_env
+from wsrl.specs import EnvSpec, resolve_env
 from wsrl.errors import UserError
 
 METADATA_KEY = "wsrl"
@@ -170,14 +172,14 @@ def export_metadata(policy: TrainedPolicy) -> dict:
     """What a user of the exported file needs besides the weights: sizes, env, action scaling, obs layout."""
     import gymnasium as gym
 
-    env = make_env(resolve_env(policy.env))
+    spec = resolve_env(policy.env)
+    env = make_env(spec)
     if env_dims(env) != (policy.obs_dim, policy.act_dim):
         raise UserError(f"{policy.env_id}: has obs/action sizes {env_dims(env)}, the policy {policy.obs_dim}/{policy.act_dim}")
     raw_actions, raw_obs = env.unwrapped.action_space, env.unwrapped.observation_space
-    obs_keys = None
-    if isinstance(raw_obs, gym.spaces.Dict):
-        # The order wsrl.envs.flatten_obs concatenates them in.
-        obs_keys = [[k, int(np.prod(raw_obs[k].shape))] for k in sorted(raw_obs.spaces)]
+    # The domain's own flattening decides the layout (AntMaze leaves the fixed goal out, kitchen
+    # keeps part of the state), so it comes from the domain, not from the space's keys.
+    obs_layout = domain_of(spec).layout(raw_obs) if isinstance(raw_obs, gym.spaces.Dict) else None
     env.close()
     return {"format": "wsrl-policy", "wsrl_version": __version__, "env": policy.env, "env_id": policy.env_id,
             "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
@@ -185,7 +187,7 @@ def export_metadata(policy: TrainedPolicy) -> dict:
             "action_scaling": {"low": np.asarray(raw_actions.low, dtype=float).tolist(),
                                "high": np.asarray(raw_actions.high, dtype=float).tolist(),
                                "env_action": "low + (action + 1) / 2 * (high - low)"},
-            "obs_keys": obs_keys, "net": policy.net, "source": policy.description}
+            "obs_keys": obs_layout, "net": policy.net, "source": policy.description}
 
 
 def export_policy(source: str, out: str | Path, fmt: str, extra: dict | None = None) -> tuple[Path, dict]:

@@ -38,15 +38,24 @@ def _file(name: str) -> dict:
     return json.loads((resources.files("wsrl.configs") / f"{name}.json").read_text())
 
 
-def load_recipe(name: str) -> dict:
+def load_recipe(name: str, where: str = "--recipe") -> dict:
+    """The recipe file ``name``; an unknown name is one error naming ``where`` it was given."""
     if name not in recipe_names():
-        raise UserError(f"--recipe: unknown recipe '{name}' (known: {', '.join(recipe_names())})")
+        raise UserError(f"{where}: unknown recipe '{name}' (known: {', '.join(recipe_names())})")
     return _file(name)
 
 
 def pretrain_as(name: str) -> str | None:
     """The recipe whose pretraining run ``name`` fine-tunes from (None: it has no pretraining)."""
     return load_recipe(name)["pretrain_as"]
+
+
+def pretraining_owner(name: str, where: str = "--recipe") -> str:
+    """`pretrain_as`, for a recipe that must pretrain: one without pretraining (RLPD) is one error."""
+    owner = pretrain_as(name)
+    if owner is None:
+        raise UserError(f"{where}: recipe {name} has no pretraining; run `wsrl finetune --recipe {name} --dataset ...`")
+    return owner
 
 
 def merge_dicts(base: dict, over: dict) -> dict:
@@ -73,9 +82,7 @@ def algorithm_settings(algo: str, domain: str) -> dict:
 
 def pretrain_settings(recipe: str, domain: str, algo: str | None = None) -> dict:
     """The overrides of ``wsrl pretrain --recipe recipe`` on ``domain`` (``algo``: --algo, if given)."""
-    owner = pretrain_as(recipe)
-    if owner is None:
-        raise UserError(f"--recipe {recipe}: has no pretraining; run `wsrl finetune --recipe {recipe} --dataset ...`")
+    owner = pretraining_owner(recipe)
     settings = _half(owner, "pretrain", domain)
     settings["algo"] = algo or settings["algo"]
     return {**merge_dicts(settings, algorithm_settings(settings["algo"], domain)), "recipe": owner}
@@ -92,7 +99,7 @@ def finetune_settings(recipe: str, domain: str, with_networks: bool) -> dict:
 
 
 def _domain(env: str) -> str:
-    from wsrl.envs import resolve_env
+    from wsrl.specs import resolve_env
 
     return resolve_env(env).domain if env else "locomotion"
 

@@ -1,7 +1,8 @@
 """`wsrl report`: the tables and figures of fine-tuning runs across envs, methods and seeds.
 
 Per env x method: the metrics of ``wsrl.metrics`` (hand-over, dip, final, AUC), mean ± sample std
-over seeds. Across envs, following Agarwal et al. 2021 (rliable): IQM, median, mean and
+over seeds, and their IQM over seeds with 95% bootstrap CIs; per seed, every method's dip and final
+side by side (methods that fine-tune one pretraining run per seed are paired). Across envs, following Agarwal et al. 2021 (rliable): IQM, median, mean and
 optimality gap of the final score with 95% stratified bootstrap confidence intervals (runs
 resampled within each env; percentile intervals; fixed seed), and performance profiles. rliable
 itself is not used: its bootstrap comes from the `arch` package, whose releases that rliable
@@ -138,6 +139,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return (float(x.mean()) if len(x) else np.nan, float(x.std(ddof=1)) if len(x) > 1 else np.nan)
 
 
+def per_env_iqm(results: list[RunResult], table: list, resamples: int, seed: int) -> list[tuple[str, str, int, dict]]:
+    """(env, method, seeds, {metric: (IQM, CI low, CI high)}) for each row of `summary`: the IQM over
+    seeds with a 95% percentile bootstrap interval (seeds resampled; finite values only, as a dip
+    with no evaluation in its window is NaN)."""
+    rows = []
+    for env, method, n, _ in table:
+        group = [r for r in results if r.env == env and r.method == method]
+        values = {}
+        for k in (*METRICS, "dip_fraction"):
+            x = np.array([r.metrics[k] for r in group])
+            x = x[np.isfinite(x)]
+            values[k] = tuple(float(v) for v in bootstrap(iqm, [x], resamples, seed)) if len(x) else (np.nan,) * 3
+        rows.append((env, method, n, values))
+    return rows
+
+
 def _mean_std_text(mean: float, std: float) -> str:
     return "—" if not np.isfinite(mean) else f"{mean:.1f} ± {std:.1f}" if np.isfinite(std) else f"{mean:.1f}"
 
@@ -243,6 +260,7 @@ def report(cfg: ReportConfig) -> Path:
     overall = {m: bootstrap(aggregates, _finals(results, m, common), cfg.resamples, cfg.seed) for m in methods} if common else {}
     profiles = {m: bootstrap(profile(taus), _finals(results, m, common), cfg.resamples, cfg.seed) for m in methods} if common else {}
     table = summary(results, envs, methods)
+    robust = per_env_iqm(results, table, cfg.resamples, cfg.seed)
 
     def build(folder: Path) -> None:
         _write_csv(folder / "runs.csv", ["env", "method", "seed", "score", *METRICS, "dip_fraction", "run"],
@@ -250,6 +268,10 @@ def report(cfg: ReportConfig) -> Path:
                      str(r.path)] for r in results])
         _write_csv(folder / "per_env.csv", ["env", "method", "score", "seeds", *(f"{k}_{s}" for k in METRICS for s in ("mean", "std"))],
                    [[env, method, score[env], n, *(x for k in METRICS for x in values[k])] for env, method, n, values in table])
+        _write_csv(folder / "per_env_iqm.csv", ["env", "method", "score", "seeds",
+                                                *(f"{k}_{s}" for k in (*METRICS, "dip_fraction") for s in ("iqm", "ci_low", "ci_high"))],
+                   [[env, method, score[env], n, *(x for k in (*METRICS, "dip_fraction") for x in values[k])]
+                    for env, method, n, values in robust])
         _write_csv(folder / "aggregates.csv", ["method", "statistic", "value", "ci_low", "ci_high", "envs", "runs"],
                    [[m, name, point[i], low[i], high[i], len(common), sum(len(t) for t in _finals(results, m, common))]
                     for m, (point, low, high) in overall.items() for i, name in enumerate(STATISTICS)])
@@ -258,7 +280,7 @@ def report(cfg: ReportConfig) -> Path:
             _write_csv(folder / "profiles.csv", ["method", "tau", "fraction", "ci_low", "ci_high"],
                        [[m, tau, *(x[i] for x in curve)] for m, curve in profiles.items() for i, tau in enumerate(taus)])
             _profiles_figure(profiles, taus, folder / "profiles.png")
-        (folder / "report.md").write_text(_markdown(results, score, table, common, overall, unfinished, cfg))
+        (folder / "report.md").write_text(_markdown(results, score, table, robust, common, overall, unfinished, cfg))
 
     replace_dir(out, build)
     return out / "report.md"
@@ -268,13 +290,17 @@ def _count(n: int, thing: str) -> str:
     return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
-def _markdown(results, score, table, common, overall, unfinished, cfg: ReportConfig) -> str:
+def _interval_text(point: float, low: float, high: float, scale: float = 1.0) -> str:
+    return "—" if not np.isfinite(point) else _interval(point * scale, low * scale, high * scale)
+
+
+def _markdown(results, score, table, robust, common, overall, unfinished, cfg: ReportConfig) -> str:
     envs = sorted({r.env for r in results})
     lines = [
         "# wsrl report", "",
         f"{_count(len(results), 'finished fine-tuning run')} under {', '.join(cfg.runs)}: {_count(len(envs), 'env')} × "
         f"{_count(len({r.method for r in results}), 'method')}. "
-        "Metrics as defined in `wsrl/metrics.py` (DESIGN.md §7): **hand-over** = evaluation at online step 0; "
+        "Metrics as defined in `wsrl/metrics.py` (docs/design.md, \"Metrics\"): **hand-over** = evaluation at online step 0; "
         "**dip** = hand-over minus the lowest evaluation in the 10k online steps after the warmup; **final** = mean "
         "evaluation over the last 10k online steps (the last half of shorter runs); **AUC** = mean evaluation over the "
         "online phase. Score: the normalised score (D4RL reference returns, ×100) where the env has reference "
@@ -284,6 +310,27 @@ def _markdown(results, score, table, common, overall, unfinished, cfg: ReportCon
     for env, method, n, values in table:
         lines.append(f"| {env} | {method} | {'normalised' if score[env] == NORMALIZED else 'return'} | {n} | "
                      + " | ".join(_mean_std_text(*values[k]) for k in METRICS) + " |")
+    lines += ["", "## Per env and method: IQM over seeds, 95% bootstrap CI", "",
+              f"Interquartile mean over the seeds; in brackets the 95% percentile bootstrap interval (seeds resampled, "
+              f"{cfg.resamples} resamples, seed {cfg.seed}); none with a single seed. Dip %: the dip as a fraction of the "
+              "hand-over.", "",
+              "| env | method | seeds | hand-over | dip | dip % | final | AUC |", "|---|---|---|---|---|---|---|---|"]
+    for env, method, n, values in robust:
+        lines.append(f"| {env} | {method} | {n} | " + " | ".join(
+            [_interval_text(*values["handover"]), _interval_text(*values["dip"]),
+             _interval_text(*values["dip_fraction"], scale=100), _interval_text(*values["final"]),
+             _interval_text(*values["auc"])]) + " |")
+    methods = sorted({r.method for r in results})
+    lines += ["", "## Per seed: dip and final of each method", "",
+              "Methods that fine-tune the same pretraining run of a seed (e.g. WSRL and no warmup) are paired here.", "",
+              "| env | seed | " + " | ".join(f"{m}: hand-over / dip / final" for m in methods) + " |",
+              "|---|---|" + "---|" * len(methods)]
+    by_key = {(r.env, r.seed, r.method): r.metrics for r in results}
+    for env in envs:
+        for seed in sorted({r.seed for r in results if r.env == env}):
+            cells = [" / ".join(f"{m[k]:.1f}" for k in ("handover", "dip", "final")) if (m := by_key.get((env, seed, method)))
+                     else "—" for method in methods]
+            lines.append(f"| {env} | {seed} | " + " | ".join(cells) + " |")
     lines += ["", "## Across envs: final score", ""]
     if common:
         lines += [f"Normalised final scores on {_count(len(common), 'env')} ({', '.join(common)}). IQM: mean of the middle 50% of "
@@ -302,7 +349,7 @@ def _markdown(results, score, table, common, overall, unfinished, cfg: ReportCon
     if common and left:
         lines += ["", f"Not in the across-env statistics: {', '.join(left)} (no reference scores, or not run by every method)."]
     lines += ["", "## Learning curves", "", "![learning curves](curves.png)", "",
-              "Files: `runs.csv` (every run's metrics), `per_env.csv`, `aggregates.csv`, `curves.png`"
+              "Files: `runs.csv` (every run's metrics), `per_env.csv`, `per_env_iqm.csv`, `aggregates.csv`, `curves.png`"
               + (", `profiles.csv`, `profiles.png`." if common else ".")]
     if unfinished:
         lines += ["", f"Left out, not finished: {', '.join(str(r) for r in unfinished)}."]

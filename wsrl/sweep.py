@@ -1,4 +1,4 @@
-"""`wsrl sweep`: the runs of a grid (``wsrl.grid``) as Ray tasks that run the real CLI (DESIGN.md §7).
+"""`wsrl sweep`: the runs of a grid (``wsrl.grid``) as Ray tasks that run the real CLI (docs/design.md, "Sweeps and reports").
 
 Each run is ``python -m wsrl.cli pretrain|finetune ...``, exactly what a user could type, under the
 sweep's ``--out`` (the run tree of ``wsrl.grid``); ``DIR/_sweep/`` holds ``plan.json`` (each run's

@@ -19,31 +19,30 @@ from wsrl import __version__
 from wsrl.agents import AGENTS, SAC
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, PretrainConfig, RunConfig, to_dict
-from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed
-from wsrl.data.offline import OfflineData, load_dataset, validate
+from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed, scale_rewards
+from wsrl.data.offline import OfflineData, validate
+from wsrl.data.adapt import load_dataset
 from wsrl.data.rollout import BufferWriter, Collector, policy_actions
-from wsrl.envs import EnvSpec, env_dims, make_env, make_vector_env, normalized_score, resolve_env
+from wsrl.envs import env_dims, make_env, make_vector_env
+from wsrl.specs import EnvSpec, normalized_score, resolve_env
 from wsrl.errors import DivergenceError, UserError
 from wsrl.evaluate import evaluate
 from wsrl.fast import configure_cpu, make_update
 from wsrl.logs import RunLogger, check_wandb
-from wsrl.nets import ActorCritic
-from wsrl.recipes import pretrain_as
+from wsrl.nets import ActorCritic, set_precision
+from wsrl.precision import effective_precision
+from wsrl.recipes import pretrain_as, pretraining_owner
+from wsrl.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from wsrl.schedule import LrSchedule, check_schedule
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: '{name}' is not a device (cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name}: only cpu and cuda are supported")
-    return device
+def setup_device(cfg: RunConfig) -> tuple[torch.device, RunConfig]:
+    """The run's device, its CPU threads set before anything computes (so every run uses the same
+    threads), and the config with the precision that will run there (saved in config.json)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        configure_cpu(cfg.threads)
+    return device, replace(cfg, precision=effective_precision(cfg.precision, device))
 
 
 def check_positive(**values: int) -> None:
@@ -85,25 +84,7 @@ def sparse_fail_reward(cfg: RunConfig, spec: EnvSpec) -> float | None:
     if spec.fail_reward is None:
         raise UserError(f"--sparse-reward: {spec.name}'s suite spec gives no reward of an unsuccessful step "
                         f"(fail_reward in envs/*.json), so failing episodes cannot be recognised")
-    return spec.fail_reward * cfg.reward_scale + cfg.reward_bias
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    return scale_rewards(spec.fail_reward, cfg.reward_scale, cfg.reward_bias)
 
 
 class DivergenceGuard:
@@ -134,6 +115,7 @@ class DivergenceGuard:
 
 def build_agent(cfg: RunConfig, net: NetConfig, algo: str, obs_dim: int, act_dim: int, device: torch.device) -> SAC:
     model = ActorCritic(obs_dim, act_dim, net, cfg.agent.init_temperature, cfg.agent.cql_alpha).to(device)
+    set_precision(model, cfg.precision)
     return AGENTS[algo](model, cfg.agent, net)
 
 
@@ -194,7 +176,7 @@ class Loop:
 
     def evaluate(self, step: int, phase: str) -> dict[str, float]:
         t = time.perf_counter()
-        metrics = evaluate(self.agent.model.actor, self.spec, self.cfg.eval_episodes, self.cfg.seed, self.device)
+        metrics = evaluate(self.agent.model.actor, self.spec, self.cfg.eval_episodes, self.cfg.seed, step, self.device)
         metrics["perf/eval_seconds"] = time.perf_counter() - t
         self.logger.log(step, metrics, phase)
         self.last_eval = metrics
@@ -232,13 +214,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, float]:
     if cfg.bc_steps and cfg.algo == "iql":
         raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
     check_schedule(cfg)
-    owner = pretrain_as(cfg.recipe)
-    if owner is None:
-        raise UserError(f"--recipe {cfg.recipe}: has no pretraining; run `wsrl finetune --recipe {cfg.recipe} --dataset ...`")
-    cfg = replace(cfg, recipe=owner)  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    cfg = replace(cfg, recipe=pretraining_owner(cfg.recipe))  # e.g. wsrl-no-warmup pretrains, and is recorded, as wsrl
+    device, cfg = setup_device(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
     fail_reward = sparse_fail_reward(cfg, spec)
@@ -343,9 +320,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     if cfg.actor_update_delay < 0:
         raise UserError(f"--actor-update-delay {cfg.actor_update_delay}: must be at least 0")
     check_schedule(cfg)
-    device = resolve_device(cfg.device)
-    if device.type == "cpu":
-        configure_cpu(cfg.threads)  # before anything computes, so every run uses the same threads
+    device, cfg = setup_device(cfg)
     meta, model_state, state = _finetune_inputs(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)

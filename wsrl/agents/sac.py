@@ -2,7 +2,7 @@
 
 One ``update(batch)`` per env step (or per offline step): the batch has a leading UTD axis,
 ``[utd, minibatch, ...]``; each minibatch drives one critic step followed by its soft target
-update, then one actor step and one temperature step use the whole batch (DESIGN.md section 2).
+update, then one actor step and one temperature step use the whole batch (docs/design.md, "The online update").
 """
 
 from __future__ import annotations

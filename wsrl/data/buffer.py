@@ -8,6 +8,17 @@ import torch
 from wsrl.data.offline import OfflineData, returns_to_go
 
 
+def scale_rewards(rewards, scale: float, bias: float):
+    """What the learner trains on: reward * scale + bias (the suite's per-domain scale and bias).
+    Applied once, as a transition enters a buffer; evaluation and logged returns stay unscaled."""
+    return rewards * scale + bias
+
+
+def unscale_rewards(scaled, scale: float, bias: float):
+    """The env's own reward back from a buffer's scaled one."""
+    return (scaled - bias) / scale
+
+
 def _columns(obs_dim: int, act_dim: int) -> dict[str, tuple[int, ...]]:
     return {"observations": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_observations": (obs_dim,),
             "masks": (), "mc_returns": ()}
@@ -67,6 +78,13 @@ class ReplayBuffer:
         self.storage["mc_returns"][idx] = torch.as_tensor(values, dtype=torch.float32, device=self.device)
         self._finished = None
 
+    @staticmethod
+    def saved_rows(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        """The columns of a saved buffer (`state_dict`), oldest row first: a buffer that has wrapped
+        around holds its oldest row at its write position."""
+        order = np.roll(np.arange(len(state["rewards"])), -int(state["_ptr"]))
+        return {k: state[k].numpy()[order] for k in _columns(0, 0)}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {k: v[: self.size] for k, v in self.storage.items()}
         state["_ptr"] = torch.tensor(self.ptr)
@@ -98,7 +116,7 @@ class ReplayBuffer:
                      capacity: int | None = None) -> ReplayBuffer:
         """The offline data as a buffer, rewards scaled here (once) and returns-to-go computed from
         them (``sparse_fail_reward``: the scaled reward of an unsuccessful step on sparse tasks)."""
-        rewards = data.rewards * reward_scale + reward_bias
+        rewards = scale_rewards(data.rewards, reward_scale, reward_bias)
         buf = cls(capacity or len(data), data.observations.shape[1], data.actions.shape[1], device, seed)
         buf.add(observations=data.observations, actions=data.actions, rewards=rewards,
                 next_observations=data.next_observations, masks=1.0 - data.terminals.astype(np.float32),

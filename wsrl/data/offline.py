@@ -18,8 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from wsrl.domains import domain_of, flatten_sorted
-from wsrl.envs import EnvSpec
+from wsrl.domains import flatten_sorted
 from wsrl.errors import UserError
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -65,41 +64,6 @@ class OfflineData:
 
 def d4rl_dataset_dir() -> Path:
     return Path(os.environ.get("D4RL_DATASET_DIR", Path.home() / ".d4rl" / "datasets"))
-
-
-def load_dataset(source: str, spec: EnvSpec, download: bool = False) -> OfflineData:
-    """``source``: an HDF5 path, a D4RL name (or '' when --env is one), or ``minari:<id>``;
-    returned in the conventions of ``spec``'s env."""
-    where = f"--dataset {source or spec.d4rl_name}"
-    domain = domain_of(spec)
-    if source.startswith("minari:"):
-        data = read_minari(source[len("minari:"):], download, domain.flatten)
-    elif not source:
-        if spec.d4rl_file is None:
-            raise UserError("--dataset: no dataset given (an HDF5 file, a D4RL name or minari:<id>)")
-        data = _read_d4rl_name(spec)
-    elif Path(source).exists() or source.endswith((".hdf5", ".h5")):
-        data = read_d4rl_hdf5(Path(source), spec.max_episode_steps)
-    else:
-        data = _read_d4rl_name(_d4rl_spec(source))
-    return domain.adapt(data, spec, where)
-
-
-def _read_d4rl_name(spec: EnvSpec) -> OfflineData:
-    path = d4rl_dataset_dir() / spec.d4rl_file
-    if not path.is_file():
-        raise UserError(f"--dataset {spec.d4rl_name}: file not found; download {spec.d4rl_file} "
-                        f"from the D4RL release and put it at {path} (or set $D4RL_DATASET_DIR)")
-    return read_d4rl_hdf5(path, spec.max_episode_steps)
-
-
-def _d4rl_spec(name: str) -> EnvSpec:
-    from wsrl.envs import resolve_env
-
-    spec = resolve_env(name)
-    if spec.d4rl_file is None:
-        raise UserError(f"--dataset: '{name}' is neither an existing file nor a known D4RL dataset name")
-    return spec
 
 
 def read_d4rl_hdf5(path: Path, max_episode_steps: int | None = None) -> OfflineData:

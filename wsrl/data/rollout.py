@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from wsrl.data.buffer import ReplayBuffer
+from wsrl.data.buffer import ReplayBuffer, scale_rewards
 from wsrl.data.offline import returns_to_go
 from wsrl.domains import Task
 
@@ -46,9 +46,11 @@ class Transitions:
 
 @dataclass
 class Episode:
-    """An episode that just ended: its raw return, its length and, for envs that report
-    ``info["success"]`` (wsrl.domains), the largest success of its steps."""
+    """An episode that just ended: its env, its raw return, its length and, for envs that report
+    ``info["success"]`` (wsrl.domains), its success: the largest value its steps reported (a goal
+    reached at any step counts; a fraction such as kitchen's subtasks/4 counts at its best)."""
 
+    env: int
     episode_return: float
     length: int
     success: float | None
@@ -57,7 +59,8 @@ class Episode:
 class Collector:
     """Steps a vector env and tracks per-env episode returns and success; knows nothing of policies."""
 
-    def __init__(self, venv: gym.vector.VectorEnv, seed: int):
+    def __init__(self, venv: gym.vector.VectorEnv, seed: int | list[int]):
+        """``seed``: one for the whole vector env (env i gets seed + i), or one per env."""
         self.venv = venv
         self.num_envs = venv.num_envs
         self.obs, _ = venv.reset(seed=seed)
@@ -77,9 +80,12 @@ class Collector:
         self.episode_length[valid] += 1
         reports = "success" in info
         if reports:
-            self.episode_success[valid] = np.maximum(self.episode_success[valid], info["success"][valid])
+            # Gymnasium's "_success" mask says which envs reported this step; the others hold a fill value.
+            reported = valid & info.get("_success", np.ones(self.num_envs, dtype=bool))
+            value = np.asarray(info["success"], dtype=np.float64)
+            self.episode_success[reported] = np.maximum(self.episode_success[reported], value[reported])
         ended = valid & (terminated | truncated)
-        finished = [Episode(float(self.episode_return[i]), int(self.episode_length[i]),
+        finished = [Episode(int(i), float(self.episode_return[i]), int(self.episode_length[i]),
                             float(self.episode_success[i]) if reports else None) for i in np.flatnonzero(ended)]
         self.episode_return[ended] = 0.0
         self.episode_length[ended] = 0
@@ -169,7 +175,7 @@ class BufferWriter:
         self.pending: list[list[tuple[int, float]]] = [[] for _ in range(num_envs)]
 
     def __call__(self, tr: Transitions) -> None:
-        rewards = tr.rewards * self.scale + self.bias
+        rewards = scale_rewards(tr.rewards, self.scale, self.bias)
         idx = self.buffer.add(observations=tr.observations, actions=tr.actions, rewards=rewards,
                               next_observations=tr.next_observations, masks=1.0 - tr.terminated.astype(np.float32))
         for j, env in enumerate(tr.env_ids):
