@@ -8,6 +8,7 @@ says in which order they apply).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -159,12 +160,28 @@ class RunConfig:
     """wsd: the lr at the last update, as a fraction of the lr."""
     lr_schedule_on: tuple[OptimizerName, ...] = OPTIMIZERS
     """The optimizers the schedule applies to; the others keep their constant lr."""
+    wandb_project: str = ""
+    """Also log every scalar and the run's config to this Weights & Biases project (pip install 'wsrl[wandb]');
+    empty: TensorBoard and metrics.jsonl only. WANDB_MODE=offline keeps the W&B run in RUN/wandb/."""
+    wandb_entity: str = ""
+    """W&B team or user the run goes to (with --wandb-project; empty: your default entity)."""
+    wandb_group: str = ""
+    """W&B group of the run, e.g. one per sweep (with --wandb-project)."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags of the run (with --wandb-project)."""
 
     def check(self) -> None:
         """One clear line for the first bad flag, before anything is read or written."""
         _check_positive(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
                         eval_episodes=self.eval_episodes, log_every=self.log_every, save_every=self.save_every)
         check_schedule(self)
+        if not self.wandb_project:
+            for flag, value in (("--wandb-entity", self.wandb_entity), ("--wandb-group", self.wandb_group),
+                                ("--wandb-tags", self.wandb_tags)):
+                if value:
+                    raise UserError(f"{flag}: only with --wandb-project (the Weights & Biases project to log to)")
+        elif importlib.util.find_spec("wandb") is None:
+            raise UserError(f"--wandb-project {self.wandb_project}: needs wandb (pip install 'wsrl[wandb]')")
 
 
 def _check_positive(**values: int) -> None:

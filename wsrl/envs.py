@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import importlib
 import importlib.util
+import io
 import warnings
 
 import gymnasium as gym
@@ -24,9 +24,9 @@ registry may be one of theirs, so each installed one is registered before the id
 
 
 def _import_env_package(package: str):
-    """Import an env package for its registrations. Gymnasium-Robotics prints a version notice to
-    stderr on import (farama_notifications), which would break a one-line error; it is dropped."""
-    with contextlib.redirect_stderr(io.StringIO()):
+    """Import an env package for its registrations, quietly: its import-time notices
+    (Gymnasium-Robotics prints Farama's release notes) would bury a one-line error."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return importlib.import_module(package)
 
 

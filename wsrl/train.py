@@ -8,7 +8,6 @@ wrong (env, dataset, checkpoint, device, run directory) is checked before anythi
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -18,7 +17,6 @@ import torch
 
 from wsrl import __version__
 from wsrl.agents import AGENTS, SAC
-from wsrl.atomic import atomic_write
 from wsrl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from wsrl.config import NetConfig, PretrainConfig, RunConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, scale_rewards
@@ -166,12 +164,9 @@ def start_run(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int,
     every input has been checked, so a refused run writes nothing."""
     run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume=bool(cfg.resume))
     config = {"kind": kind, **to_dict(cfg)}
-    atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=1)))
+    logger = RunLogger(run_dir, total, resume_step, f"{kind} {algo} {spec.id}", config)  # writes config.json
     meta = {"kind": kind, "wsrl_version": __version__, "env": cfg.env, "env_id": spec.id, "algo": algo,
             "dataset": getattr(cfg, "dataset", ""), "obs_dim": obs_dim, "act_dim": act_dim, "config": config, **meta_extra}
-    logger = RunLogger(run_dir, total, resume_step, desc=f"{kind} {algo} {spec.id}")
-    if resume_step == 0:
-        logger.log_config(config)
     return run_dir, meta, logger
 
 
