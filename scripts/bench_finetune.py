@@ -32,7 +32,7 @@ from wsrl.agents import SAC  # noqa: E402
 from wsrl.config import AgentConfig, FinetuneConfig, NetConfig  # noqa: E402
 from wsrl.fast import make_update  # noqa: E402
 from wsrl.nets import ActorCritic  # noqa: E402
-from wsrl.train import finetune  # noqa: E402
+from wsrl.online import finetune  # noqa: E402
 
 
 def learner_rate(device: torch.device, seconds: float) -> float:

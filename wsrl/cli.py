@@ -168,7 +168,8 @@ def _plot(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsrl.train import finetune, pretrain
+    from wsrl.online import finetune
+    from wsrl.train import pretrain
 
     argv = sys.argv[1:] if argv is None else argv
     commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),

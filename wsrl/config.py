@@ -8,6 +8,7 @@ says in which order they apply).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ import tyro
 
 from wsrl.errors import UserError
 from wsrl.precision import Precision
-from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule
+from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule, check_schedule
 
 Algo = Literal["cql", "calql", "iql"]
 OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
@@ -159,6 +160,34 @@ class RunConfig:
     """wsd: the lr at the last update, as a fraction of the lr."""
     lr_schedule_on: tuple[OptimizerName, ...] = OPTIMIZERS
     """The optimizers the schedule applies to; the others keep their constant lr."""
+    wandb_project: str = ""
+    """Also log every scalar and the run's config to this Weights & Biases project (pip install 'wsrl[wandb]');
+    empty: TensorBoard and metrics.jsonl only. WANDB_MODE=offline keeps the W&B run in RUN/wandb/."""
+    wandb_entity: str = ""
+    """W&B team or user the run goes to (with --wandb-project; empty: your default entity)."""
+    wandb_group: str = ""
+    """W&B group of the run, e.g. one per sweep (with --wandb-project)."""
+    wandb_tags: tuple[str, ...] = ()
+    """W&B tags of the run (with --wandb-project)."""
+
+    def check(self) -> None:
+        """One clear line for the first bad flag, before anything is read or written."""
+        _check_positive(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
+                        eval_episodes=self.eval_episodes, log_every=self.log_every, save_every=self.save_every)
+        check_schedule(self)
+        if not self.wandb_project:
+            for flag, value in (("--wandb-entity", self.wandb_entity), ("--wandb-group", self.wandb_group),
+                                ("--wandb-tags", self.wandb_tags)):
+                if value:
+                    raise UserError(f"{flag}: only with --wandb-project (the Weights & Biases project to log to)")
+        elif importlib.util.find_spec("wandb") is None:
+            raise UserError(f"--wandb-project {self.wandb_project}: needs wandb (pip install 'wsrl[wandb]')")
+
+
+def _check_positive(**values: int) -> None:
+    for flag, value in values.items():
+        if value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
 
 
 @dataclass
@@ -190,6 +219,13 @@ class PretrainConfig(RunConfig):
     """Run directory to continue from its newest complete checkpoint (its config.json is the default for every flag)."""
     net: NetConfig = field(default_factory=NetConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def check(self) -> None:
+        super().check()
+        if self.bc_steps < 0:
+            raise UserError(f"--bc-steps: must be >= 0, got {self.bc_steps}")
+        if self.bc_steps and self.algo == "iql":
+            raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
 
 
 @dataclass
@@ -239,6 +275,20 @@ class FinetuneConfig(RunConfig):
     """Allow minari to download a dataset that is not on this machine."""
     net: NetConfig = field(default_factory=NetConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def check(self) -> None:
+        super().check()
+        _check_positive(utd=self.utd, num_envs=self.num_envs, buffer_capacity=self.buffer_capacity)
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise UserError(f"--warmup-steps {self.warmup_steps}: must be at least 0 and less than --steps {self.steps}")
+        if self.batch_size % self.utd:
+            raise UserError(f"--batch-size {self.batch_size}: must be divisible by --utd {self.utd}")
+        if not 0.0 <= self.offline_ratio <= 1.0:
+            raise UserError(f"--offline-ratio {self.offline_ratio}: must be in [0, 1]")
+        if (self.offline_ratio > 0 or self.offline_append) and not self.dataset:
+            raise UserError("--offline-ratio/--offline-append: need --dataset")
+        if self.actor_update_delay < 0:
+            raise UserError(f"--actor-update-delay {self.actor_update_delay}: must be at least 0")
 
 
 @dataclass
