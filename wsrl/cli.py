@@ -14,7 +14,8 @@ from typing import get_args
 
 import tyro
 
-from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict, upgrade_config
+from wsrl.checkpoint import upgrade_config
+from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict
 from wsrl.errors import DivergenceError, UserError
 from wsrl.precision import Precision
 

@@ -399,18 +399,6 @@ def from_dict(cls: type, data: dict, where: str) -> Any:
     return cls(**kwargs)
 
 
-def upgrade_config(data: dict) -> dict:
-    """A config saved by an older wsrl (checkpoint format 1) in today's fields: the CQL-only
-    max-target switch became ``max_target_backup`` (used by SAC too), and runs before recipes were
-    WSRL's. The networks of format 1 are today's defaults for every new NetConfig field."""
-    data = {**data, "agent": dict(data.get("agent", {}))}
-    if "cql_max_target_backup" in data["agent"]:
-        data["agent"]["max_target_backup"] = data["agent"].pop("cql_max_target_backup")
-    data.pop("preset", None)
-    data.setdefault("recipe", "wsrl")
-    return data
-
-
 def merge(cfg: Any, overrides: dict, where: str) -> Any:
     """Return a copy of ``cfg`` with the fields in ``overrides`` (nested dicts for net/agent)."""
     data = to_dict(cfg)
