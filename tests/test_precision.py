@@ -64,7 +64,7 @@ def batch() -> dict[str, torch.Tensor]:
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
 def cosine(a: torch.nn.Module, b: torch.nn.Module) -> float:
