@@ -22,6 +22,7 @@ from wsrl.agents import SAC
 from wsrl.checkpoint import list_checkpoints, load_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed
+from wsrl.data.offline import OfflineData
 from wsrl.data.rollout import BufferWriter, Collector, Episode, policy_actions
 from wsrl.envs import env_dims, make_vector_env
 from wsrl.errors import UserError
@@ -30,7 +31,8 @@ from wsrl.recipes import pretrain_as
 from wsrl.runtime import seed_everything, set_rng_state
 from wsrl.schedule import LrSchedule
 from wsrl.specs import EnvSpec, normalized_score, resolve_env
-from wsrl.train import Loop, build_agent, read_data, setup_device, sparse_fail_reward, start_run, with_env_defaults
+from wsrl.train import (DivergenceGuard, Loop, build_agent, read_data, setup_device, sparse_fail_reward, start_run,
+                        with_env_defaults)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class OnlineState:
     baseline keeps it, the warmup's uniform-action generator and the counters."""
 
     def __init__(self, cfg: FinetuneConfig, spec: EnvSpec, venv: gym.vector.VectorEnv, device: torch.device,
-                 offline_data) -> None:
+                 offline_data: OfflineData | None) -> None:
         obs_dim, act_dim = env_dims(venv)
         fail_reward = sparse_fail_reward(cfg, spec)
         self.buffer = ReplayBuffer(cfg.buffer_capacity, obs_dim, act_dim, device, seed=cfg.seed)
@@ -171,7 +173,7 @@ class Updates:
             return self.online.uniform.uniform(-1.0, 1.0, size=(self.cfg.num_envs, self.agent.model.act_dim)).astype(np.float32)
         return policy_actions(self.agent.model.actor, self.online.collector.obs, self.device, deterministic=False)
 
-    def after(self, before: int, guard) -> None:
+    def after(self, before: int, guard: DivergenceGuard) -> None:
         """The updates owed for the env steps from ``before`` to now."""
         counters, minibatch = self.online.counters, self.cfg.batch_size // self.cfg.utd
         for _ in range(max(0, counters["env_steps"] - max(before, self.start))):
