@@ -1,10 +1,11 @@
-"""The table of scripts/study_dip.sh: dip, final and AUC (wsrl/metrics.py) and the score 1k actor
+"""The table of scripts/study_dip.toml: dip, final and AUC (wsrl/metrics.py) and the score 1k actor
 updates after the actor starts, per variant, mean and spread over seeds, written into docs/dip.md between its table markers (and printed).
 
-    python scripts/dip_table.py runs/study_dip/runs --variants constant wsd --seeds 0 1 2 --doc docs/dip.md
+    python scripts/dip_table.py runs/study_dip/sweep/hopper --variants constant wsd --seeds 0 1 2 --doc docs/dip.md
 
-A run counts once it has finished (its last evaluation is at its --steps); the others are listed
-as missing, and the table says it is partial.
+It reads the sweep's run tree under one env, ``<env>/<variant>/seed<k>`` (a variant is a method of
+the sweep). A run counts once it has finished (its evaluations reach its --steps, as for `wsrl
+report`); the others are listed as missing, and the table says it is partial.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wsrl.metrics import read_evaluations, run_metrics
+from wsrl.metrics import reached_its_steps, read_evaluations, run_metrics
 
 START, END = "<!-- dip-table:start -->", "<!-- dip-table:end -->"
 COLUMNS = (("handover", "hand-over"), ("dip", "dip"), ("dip_fraction", "dip / hand-over"), ("final", "final"),
@@ -34,14 +35,6 @@ def actor_1k(run: Path) -> float:
     return next((v for s, v in zip(steps, values) if s >= start), float("nan"))
 
 
-def finished(run: Path) -> bool:
-    config = run / "config.json"
-    if not config.is_file():
-        return False
-    steps, _ = read_evaluations(run)
-    return bool(steps) and steps[-1] >= json.loads(config.read_text())["steps"]
-
-
 def spread(values: list[float], percent: bool = False) -> str:
     """mean ± sample standard deviation (and the range), over the seeds."""
     v = np.asarray(values) * (100 if percent else 1)
@@ -51,16 +44,16 @@ def spread(values: list[float], percent: bool = False) -> str:
     return f"{v.mean():.1f}{unit} ± {v.std(ddof=1):.1f} [{v.min():.1f}, {v.max():.1f}]"
 
 
-def table(runs_dir: Path, variants: list[str], seeds: list[str]) -> str:
+def table(env_dir: Path, variants: list[str], seeds: list[str]) -> str:
     rows, per_seed, missing = [], [], []
     for variant in variants:
         metrics = {}
         for seed in seeds:
-            run = runs_dir / f"{variant}_seed{seed}"
-            if finished(run):
+            run = env_dir / variant / f"seed{seed}"
+            if (run / "metrics.jsonl").is_file() and reached_its_steps(run):
                 metrics[seed] = {**run_metrics(run).as_dict(), "actor_1k": actor_1k(run)}
             else:
-                missing.append(run.name)
+                missing.append(f"{variant}/seed{seed}")
         if not metrics:
             rows.append(f"| {variant} | 0 | " + " | ".join("–" for _ in COLUMNS) + " |")
             continue
@@ -83,12 +76,12 @@ def table(runs_dir: Path, variants: list[str], seeds: list[str]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("env_dir", type=Path, help="a sweep's env folder, e.g. runs/study_dip/sweep/hopper")
     parser.add_argument("--variants", nargs="+", required=True)
     parser.add_argument("--seeds", nargs="+", required=True)
     parser.add_argument("--doc", type=Path, help="markdown file whose table markers receive the table")
     args = parser.parse_args()
-    text = table(args.runs_dir, args.variants, args.seeds)
+    text = table(args.env_dir, args.variants, args.seeds)
     print(text)
     if args.doc:
         if not args.doc.is_file():

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TINY, random_rollouts, run_wsrl, write_d4rl
+from helpers import TINY, random_rollouts, run_wsrl, write_d4rl
 from wsrl.checkpoint import load_checkpoint
 
 
@@ -136,6 +136,7 @@ def test_output_directory_holding_another_run_is_refused(tmp_path, hopper_file, 
     assert not (other / "notes.txt").exists()
 
 
+@pytest.mark.slow
 def test_console_script_exit_status_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wsrl.cli", "pretrain", "--env", "Hopper-v5", "--dataset",
                            str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "o")], capture_output=True, text=True)

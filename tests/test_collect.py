@@ -136,6 +136,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_killed_collect_leaves_no_file_at_output(tmp_path):
     """SIGKILL during collection: the destination never appears (a temp file may, under a hidden name)."""
     out = tmp_path / "killed.hdf5"

@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl.checkpoint import list_checkpoints, load_checkpoint
 
 # A fixed thread count: float reductions (and so bit-exactness) depend on it.
@@ -28,6 +29,7 @@ def _kill_when(proc: subprocess.Popen, condition, timeout: float = 120.0) -> boo
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_matches_uninterrupted(tmp_path, pretrained):
     reference = tmp_path / "reference"
     assert run_wsrl("finetune", "--checkpoint", pretrained, "--out", reference, *ARGS) == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_rollouts, write_d4rl
+from helpers import random_rollouts, write_d4rl
 from wsrl.data.buffer import ReplayBuffer, sample_mixed
 from wsrl.data.offline import OfflineData, read_d4rl_hdf5, read_minari, returns_to_go, validate
 from wsrl.envs import make_env

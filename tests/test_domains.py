@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 from domain_data import (ADROIT, ANTMAZE, KITCHEN, adroit_d4rl_rows, adroit_episodes, antmaze_d4rl_rows,
                          antmaze_episodes, kitchen_d4rl_rows, kitchen_episodes, raw_env, write_d4rl, write_minari)
 from wsrl.data.buffer import ReplayBuffer
@@ -356,6 +356,7 @@ def test_pretrain_then_finetune_on_minari_and_d4rl_layouts(tmp_path, minari_data
         assert ", success_rate " in capsys.readouterr().out.strip().splitlines()[-1]  # the final summary line
 
 
+@pytest.mark.slow
 def test_a_gymnasium_robotics_id_outside_the_suites_is_registered_and_gets_its_domain(tmp_path):
     """AdroitHandDoorSparse-v1 is in no envs/*.json: a new process (where nothing registered
     Gymnasium-Robotics yet) pretrains on a Minari dataset recorded on it, with adroit's rules."""
@@ -381,6 +382,7 @@ def test_a_gymnasium_robotics_id_outside_the_suites_is_registered_and_gets_its_d
     assert json.loads((out / "config.json").read_text())["env"] == env_id
 
 
+@pytest.mark.slow
 def test_an_id_of_an_installed_env_package_is_registered_when_gymnasium_does_not_know_it():
     probe = ("import gymnasium as gym; from wsrl.envs import make_env; from wsrl.specs import resolve_env; known = 'PointMaze_UMaze-v3' in gym.registry; "
              "env = make_env(resolve_env('PointMaze_UMaze-v3')); print(known, env.observation_space.shape, env.action_space.shape)")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl.config import EvaluateConfig
 from wsrl.specs import resolve_env
 from wsrl.evaluate import evaluate, evaluate_policy, renderer_problem, start_seeds
@@ -131,6 +131,7 @@ def pendulum_policy(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_video_writes_an_mp4_with_osmesa(pendulum_policy, tmp_path, monkeypatch):
     monkeypatch.setenv("MUJOCO_GL", "osmesa")
     problem = renderer_problem(resolve_env("InvertedPendulum-v5"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl.checkpoint import load_checkpoint
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.data.rollout import BufferWriter, Collector

@@ -56,6 +56,14 @@ def test_runs_sharing_a_label_are_averaged(tmp_path):
     assert out.is_file()
 
 
+def test_a_sweeps_seed_folders_are_labelled_by_their_method(tmp_path):
+    runs = [tmp_path / "hopper" / method / f"seed{k}" for method in ("wsrl", "no-warmup") for k in (0, 1)]
+    for run in runs:
+        _fake_run(run, "finetune", [(0, 10.0), (100, 20.0)])
+    assert [default_label(run) for run in runs] == ["wsrl", "wsrl", "no-warmup", "no-warmup"]
+    assert default_label(tmp_path / "wsrl_seed0") == "wsrl"  # a folder named after its seed keeps its own rule
+
+
 def test_plot_bad_input(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "f.png")]) == 2
     assert "no such run directory" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 from wsrl.specs import resolve_env
 from wsrl.policies import TrainedPolicy, export_metadata, load_policy, read_policy, shipped_policies, shipped_policy_info
 
@@ -110,7 +110,7 @@ def test_the_shipped_cql_checkpoint_loads_for_fine_tuning(tmp_path):
 
     folder = resources.files("wsrl") / "pretrained" / "hopper-medium-cql"
     record = json.loads((folder / "pretrained.json").read_text())
-    assert {"command", "wsrl_commit", "dataset", "behaviour_normalized_score", "measured"} <= set(record)
+    assert {"command", "wsrl_commit", "chosen_by", "dataset", "behaviour_same_protocol", "measured"} <= set(record)
     size = sum(p.stat().st_size for p in Path(str(folder)).rglob("*") if p.is_file())
     assert size < 3_000_000
     meta, weights, _ = load_checkpoint(str(folder))

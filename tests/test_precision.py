@@ -18,8 +18,8 @@ O(1) errs by ~0.01. A head left in bf16 would round the 300 itself, to a multipl
     changes it by 23-43%;
   * gradients: cosine similarity >= 0.99 per network (measured: >= 0.9995, and 0.9956 for IQL's
     actor, whose weights exp(3 A) amplify the advantage's error).
-Leaving any head in bf16 (its input not cast, or its output cast back) fails every test below
-but the hardware checks.
+Leaving the heads in bf16 (their input not cast, or their output cast back to fp32) fails all
+seven numerics tests below (the head, Q, SAC and CQL critic, TD target, actor, IQL tests).
 No test here times anything; the speed is scripts/bench_learner.py's.
 """
 
@@ -30,7 +30,7 @@ import copy
 import pytest
 import torch
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 from wsrl import precision
 from wsrl.agents import CQL, IQL, SAC
 from wsrl.agents.sac import temperature_loss
@@ -64,7 +64,7 @@ def batch() -> dict[str, torch.Tensor]:
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
 
 
 def cosine(a: torch.nn.Module, b: torch.nn.Module) -> float:

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_wsrl
+from helpers import run_wsrl
 
 pytest.importorskip("scipy")
 pytest.importorskip("matplotlib")

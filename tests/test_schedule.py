@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, random_rollouts, run_wsrl, write_d4rl
+from helpers import TINY, random_rollouts, run_wsrl, write_d4rl
 from test_fast import NET, batches, make_agent
 from wsrl.checkpoint import load_checkpoint
 from wsrl.config import FinetuneConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import random_rollouts, run_wsrl, write_d4rl
+from helpers import random_rollouts, run_wsrl, write_d4rl
 from wsrl.checkpoint import list_checkpoints, run_finished as finished
 from wsrl.config import SweepConfig
 from wsrl.errors import UserError
@@ -140,6 +140,7 @@ def _evals(run: Path, step: int) -> list[dict]:
     return [r for r in rows if r["step"] == step and "eval/return" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the run processes die with their Ray worker on Linux only")
 def test_sweep_killed_part_way_then_rerun_on_a_cluster_finishes_every_run_once(tmp_path):
     pytest.importorskip("ray")
@@ -274,6 +275,19 @@ methods: {wsrl: {}, no-warmup: {recipe: wsrl-no-warmup, finetune: {utd: 2}}, bc:
     assert all(run.args[7:9] == ("--dataset", "hopper-medium-v2") for run in d4rl.values()), d4rl
 
 
+def test_envs_on_the_command_line_need_no_dataset_the_file_names_for_them(tmp_path):
+    write_d4rl(tmp_path / "local.hdf5", random_rollouts("Pendulum-v1", n=50))
+    text = """
+seeds = [0]
+methods = ["rlpd"]
+envs = { pend = { env = "Pendulum-v1", dataset = "elsewhere/pend.hdf5" }, other = { env = "Pendulum-v1", dataset = "gone.hdf5" } }
+"""
+    with pytest.raises(UserError, match="envs.other.dataset: no such file"):
+        _plan(tmp_path, text, envs=("pend=local.hdf5", "other"))
+    plan = _plan(tmp_path, text, envs=(f"pend={tmp_path / 'local.hdf5'}",))  # replaced, and other left out
+    assert list(plan) == ["pend/rlpd/seed0"] and plan["pend/rlpd/seed0"].args[7:9] == ("--dataset", str(tmp_path / "local.hdf5"))
+
+
 ENV = '[envs.pend]\nenv = "Pendulum-v1"\n'
 OK = "seeds = [0]\n" + ENV + "[methods.wsrl]\n"
 BAD = {
@@ -325,6 +339,7 @@ def test_rerun_with_other_flags_for_a_started_run_is_refused(tmp_path, capsys):
         sweep(SweepConfig(out=str(other), envs=("Pendulum-v1",), methods=("wsrl",), seeds=(0,)))
 
 
+@pytest.mark.slow
 def test_sweep_address_where_no_cluster_answers_is_one_line_exit_2_in_bounded_time(tmp_path):
     pytest.importorskip("ray")
     out, env = tmp_path / "out", _ray_token(tmp_path)  # with a token, so that Ray does try to talk to the address

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, run_wsrl
+from helpers import TINY, run_wsrl
 
 BLOCK, HEADER = 32768, 7
 """W&B's run file (``run-<id>.wandb``) is a LevelDB-style log: 32 KiB blocks of records, each with a

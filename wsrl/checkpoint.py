@@ -27,7 +27,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from wsrl.atomic import fsync
-from wsrl.config import upgrade_config
 from wsrl.errors import UserError
 
 FORMAT_VERSION = 2
@@ -62,6 +61,18 @@ def decode(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, list):
         return [decode(v, tensors) for v in tree]
     return tree
+
+
+def upgrade_config(data: dict) -> dict:
+    """A config saved by an older wsrl (checkpoint format 1) in today's fields: the CQL-only
+    max-target switch became ``max_target_backup`` (used by SAC too), and runs before recipes were
+    WSRL's. The networks of format 1 are today's defaults for every new NetConfig field."""
+    data = {**data, "agent": dict(data.get("agent", {}))}
+    if "cql_max_target_backup" in data["agent"]:
+        data["agent"]["max_target_backup"] = data["agent"].pop("cql_max_target_backup")
+    data.pop("preset", None)
+    data.setdefault("recipe", "wsrl")
+    return data
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> dict:

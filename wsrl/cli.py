@@ -14,7 +14,8 @@ from typing import get_args
 
 import tyro
 
-from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict, upgrade_config
+from wsrl.checkpoint import upgrade_config
+from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict
 from wsrl.errors import DivergenceError, UserError
 from wsrl.precision import Precision
 
@@ -168,7 +169,8 @@ def _plot(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsrl.train import finetune, pretrain
+    from wsrl.online import finetune
+    from wsrl.train import pretrain
 
     argv = sys.argv[1:] if argv is None else argv
     commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),

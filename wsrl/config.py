@@ -8,6 +8,7 @@ says in which order they apply).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ import tyro
 
 from wsrl.errors import UserError
 from wsrl.precision import Precision
-from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule
+from wsrl.schedule import OPTIMIZERS, OptimizerName, Schedule, check_schedule
 
 Algo = Literal["cql", "calql", "iql"]
 OnlineAlgo = Literal["sac", "cql", "calql", "iql"]
@@ -169,6 +170,25 @@ class RunConfig:
     wandb_tags: tuple[str, ...] = ()
     """W&B tags of the run (with --wandb-project)."""
 
+    def check(self) -> None:
+        """One clear line for the first bad flag, before anything is read or written."""
+        _check_positive(steps=self.steps, batch_size=self.batch_size, eval_every=self.eval_every,
+                        eval_episodes=self.eval_episodes, log_every=self.log_every, save_every=self.save_every)
+        check_schedule(self)
+        if not self.wandb_project:
+            for flag, value in (("--wandb-entity", self.wandb_entity), ("--wandb-group", self.wandb_group),
+                                ("--wandb-tags", self.wandb_tags)):
+                if value:
+                    raise UserError(f"{flag}: only with --wandb-project (the Weights & Biases project to log to)")
+        elif importlib.util.find_spec("wandb") is None:
+            raise UserError(f"--wandb-project {self.wandb_project}: needs wandb (pip install 'wsrl[wandb]')")
+
+
+def _check_positive(**values: int) -> None:
+    for flag, value in values.items():
+        if value <= 0:
+            raise UserError(f"--{flag.replace('_', '-')}: must be positive, got {value}")
+
 
 @dataclass
 class PretrainConfig(RunConfig):
@@ -199,6 +219,13 @@ class PretrainConfig(RunConfig):
     """Run directory to continue from its newest complete checkpoint (its config.json is the default for every flag)."""
     net: NetConfig = field(default_factory=NetConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def check(self) -> None:
+        super().check()
+        if self.bc_steps < 0:
+            raise UserError(f"--bc-steps: must be >= 0, got {self.bc_steps}")
+        if self.bc_steps and self.algo == "iql":
+            raise UserError("--bc-steps: applies to cql and calql; IQL's actor already is advantage-weighted behaviour cloning")
 
 
 @dataclass
@@ -249,6 +276,20 @@ class FinetuneConfig(RunConfig):
     net: NetConfig = field(default_factory=NetConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
 
+    def check(self) -> None:
+        super().check()
+        _check_positive(utd=self.utd, num_envs=self.num_envs, buffer_capacity=self.buffer_capacity)
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise UserError(f"--warmup-steps {self.warmup_steps}: must be at least 0 and less than --steps {self.steps}")
+        if self.batch_size % self.utd:
+            raise UserError(f"--batch-size {self.batch_size}: must be divisible by --utd {self.utd}")
+        if not 0.0 <= self.offline_ratio <= 1.0:
+            raise UserError(f"--offline-ratio {self.offline_ratio}: must be in [0, 1]")
+        if (self.offline_ratio > 0 or self.offline_append) and not self.dataset:
+            raise UserError("--offline-ratio/--offline-append: need --dataset")
+        if self.actor_update_delay < 0:
+            raise UserError(f"--actor-update-delay {self.actor_update_delay}: must be at least 0")
+
 
 @dataclass
 class CollectConfig:
@@ -291,7 +332,7 @@ class PlotConfig:
     out: str = "learning_curve.png"
     """Output image path (.png, .pdf or .svg)."""
     labels: tuple[str, ...] = ()
-    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix."""
+    """One legend label per run; runs sharing a label are averaged. Default: directory name without a seed suffix (a sweep's <env>/<method>/seed<k>: the method)."""
     metric: str = "auto"
     """Metric to plot: auto (eval/normalized_score when present, else eval/success_rate, else eval/return) or a metrics.jsonl key."""
     title: str = ""
@@ -356,18 +397,6 @@ def from_dict(cls: type, data: dict, where: str) -> Any:
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def upgrade_config(data: dict) -> dict:
-    """A config saved by an older wsrl (checkpoint format 1) in today's fields: the CQL-only
-    max-target switch became ``max_target_backup`` (used by SAC too), and runs before recipes were
-    WSRL's. The networks of format 1 are today's defaults for every new NetConfig field."""
-    data = {**data, "agent": dict(data.get("agent", {}))}
-    if "cql_max_target_backup" in data["agent"]:
-        data["agent"]["max_target_backup"] = data["agent"].pop("cql_max_target_backup")
-    data.pop("preset", None)
-    data.setdefault("recipe", "wsrl")
-    return data
 
 
 def merge(cfg: Any, overrides: dict, where: str) -> Any:

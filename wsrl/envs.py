@@ -23,15 +23,19 @@ ENV_PACKAGES = ("gymnasium_robotics", "shimmy", "panda_gym")
 registry may be one of theirs, so each installed one is registered before the id is refused."""
 
 
+def _import_env_package(package: str):
+    """Import an env package for its registrations, quietly: its import-time notices
+    (Gymnasium-Robotics prints Farama's release notes) would bury a one-line error."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return importlib.import_module(package)
+
+
 def _register_installed_envs() -> None:
     for package in ENV_PACKAGES:
         if importlib.util.find_spec(package) is None:
             continue
         try:
-            # Quiet: their import-time notices (Gymnasium-Robotics prints Farama's release notes)
-            # are about envs the user may not have asked for, and would bury a one-line error.
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                gym.register_envs(importlib.import_module(package))
+            gym.register_envs(_import_env_package(package))
         except ImportError:  # installed without its own dependencies: it registers nothing
             continue
 
@@ -75,10 +79,10 @@ def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
     _route_mujoco_warnings()
     if spec.requires:
         try:
-            importlib.import_module(spec.requires)
+            package = _import_env_package(spec.requires)
         except ImportError:
             raise UserError(f"--env {spec.id}: needs the '{spec.requires}' package (pip install {spec.requires.replace('_', '-')})") from None
-        gym.register_envs(importlib.import_module(spec.requires))
+        gym.register_envs(package)
     elif spec.id not in gym.registry:
         _register_installed_envs()
     kwargs = {"max_episode_steps": spec.max_episode_steps} if spec.max_episode_steps else {}

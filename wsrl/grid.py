@@ -190,12 +190,15 @@ def _named(section, where: str) -> dict:
     return section
 
 
-def parse_envs(section, base: Path, where: str) -> dict[str, Env]:
+def parse_envs(section, base: Path, where: str, used: set[str] | None = None) -> dict[str, Env]:
+    """The envs of a sweep file. Only the datasets of the envs in ``used`` (default: all) are looked
+    up: the command line may leave an env out or give it another dataset, whose file may be missing."""
     envs = {}
     for name, entry in _named(section, where).items():
         at = f"{where}.{name}"
         entry = _table(entry, {"env", "dataset", "pretrain", "finetune"}, at)
-        envs[_check_name(name, at)] = Env(name, str(entry.get("env", name)), _dataset(entry.get("dataset", ""), base, f"{at}.dataset"),
+        dataset = _dataset(entry.get("dataset", ""), base, f"{at}.dataset") if used is None or name in used else ""
+        envs[_check_name(name, at)] = Env(name, str(entry.get("env", name)), dataset,
                                           flags_from_table(entry.get("pretrain", {}), f"{at}.pretrain"),
                                           flags_from_table(entry.get("finetune", {}), f"{at}.finetune"))
     return envs
@@ -278,13 +281,14 @@ def load_sweep(cfg: SweepConfig) -> Sweep:
     data, base, where = {}, Path.cwd(), "sweep"
     if cfg.file:
         data, base, where = read_sweep_file(cfg.file), Path(cfg.file).resolve().parent, cfg.file
-    envs = parse_envs(data.get("envs", {}), base, f"{where}: envs")
+    given = [item.partition("=") for item in cfg.envs]
+    used = {name for name, _, dataset in given if not dataset} if cfg.envs else None
+    envs = parse_envs(data.get("envs", {}), base, f"{where}: envs", used)
     methods = parse_methods(data.get("methods", {}), f"{where}: methods")
     seeds = parse_seeds(data.get("seeds", []), f"{where}: seeds")
     if cfg.envs:
         chosen = {}
-        for item in cfg.envs:
-            name, _, dataset = item.partition("=")
+        for (name, _, dataset), item in zip(given, cfg.envs):
             entry = envs.get(name) or Env(_check_name(name, "--envs"), name)
             if dataset:
                 entry = Env(name, entry.env, _dataset(dataset, Path.cwd(), f"--envs {item}"), entry.pretrain, entry.finetune)

@@ -3,7 +3,6 @@ logged to Weights & Biases), and a console progress bar."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -22,17 +21,6 @@ def _step_of(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return float("inf")
-
-
-def check_wandb(cfg) -> None:
-    """Before a run writes anything: the --wandb-* flags need --wandb-project, and it needs wandb."""
-    if not cfg.wandb_project:
-        for flag, value in (("--wandb-entity", cfg.wandb_entity), ("--wandb-group", cfg.wandb_group),
-                            ("--wandb-tags", cfg.wandb_tags)):
-            if value:
-                raise UserError(f"{flag}: only with --wandb-project (the Weights & Biases project to log to)")
-    elif importlib.util.find_spec("wandb") is None:
-        raise UserError(f"--wandb-project {cfg.wandb_project}: needs wandb (pip install 'wsrl[wandb]')")
 
 
 class RunLogger:

@@ -4,8 +4,9 @@ Each run directory's ``metrics.jsonl`` gives the ``eval/*`` points. A fine-tunin
 ``--checkpoint`` points at a pretraining run that still exists gets that run's offline curve in
 front of its own: offline points sit at negative x (gradient steps before the end of pretraining),
 online points at their env step, and x = 0, where the pretrained policy is handed over, is marked.
-Runs sharing a label (by default the directory name without a trailing ``seed<N>``/``s<N>``) are
-drawn as their mean with a shaded ±1 std band.
+Runs sharing a label (by default the directory name without a trailing ``seed<N>``/``s<N>``; for a
+``seed<N>`` folder of `wsrl sweep`'s tree, ``<env>/<method>/seed<N>``, its method) are drawn as their
+mean with a shaded ±1 std band.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ from wsrl.errors import UserError
 
 
 SEED_SUFFIX = re.compile(r"[_\-.]?(seed|s)[_\-]?\d+$")
+SEED_DIR = re.compile(r"^seed\d+$")
+"""A run folder of `wsrl sweep`'s tree, ``<env>/<method>/seed<k>``: its parent names the method."""
 
 
 def default_label(run_dir: Path) -> str:
-    name = run_dir.resolve().name
-    return SEED_SUFFIX.sub("", name) or name
+    run_dir = run_dir.resolve()
+    if SEED_DIR.match(run_dir.name):  # so `wsrl plot DIR/<env>/*/seed*` averages each method's seeds
+        return run_dir.parent.name
+    return SEED_SUFFIX.sub("", run_dir.name) or run_dir.name
 
 
 def read_evals(run_dir: Path, metric: str) -> list[tuple[int, str, float]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,12 +34,11 @@ from wsrl.atomic import replace_dir
 from wsrl.config import ReportConfig
 from wsrl.errors import UserError
 from wsrl.metrics import reached_its_steps, read_evaluations, run_metrics
-from wsrl.plot import common_grid, default_label, pyplot
+from wsrl.plot import SEED_DIR, common_grid, default_label, pyplot
 
 NORMALIZED, RETURN = "eval/normalized_score", "eval/return"
 METRICS = ("handover", "dip", "final", "auc")
 STATISTICS = ("IQM", "median", "mean", "optimality gap")
-SEED_DIR = re.compile(r"^seed\d+$")
 BATCH = 1_000
 """Resamples evaluated at once: bounds the bootstrap's memory (resamples x runs x curve points)."""
 OPTIMAL = 100.0

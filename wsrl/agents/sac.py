@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from wsrl.checkpoint import load_optimizer_state, optimizer_state
 from wsrl.config import AgentConfig, NetConfig
+from wsrl.errors import UserError
 from wsrl.nets import ActorCritic
 
 Batch = dict[str, torch.Tensor]
@@ -69,6 +71,34 @@ class SAC:
         # Fixed per optimizer, so the hot loop does not rebuild the lists every step.
         self._trained = {name: [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
                          for name, opt in self.optimizers.items()}
+
+    def state_dict(self) -> dict:
+        """The optimizers' states, for a checkpoint (the weights are the model's own ``state_dict``)."""
+        return {"optimizers": {name: optimizer_state(opt) for name, opt in self.optimizers.items()}}
+
+    def load_state_dict(self, model_state: dict, state: dict, where: str, resume: bool = False) -> None:
+        """Weights and all optimizer states; shape mismatches become one clear error naming ``where``.
+        The learning rates stay this run's lr tensors (a compiled or captured update reads those): a
+        run started from another's checkpoint keeps its own values, a resumed run (``resume``)
+        takes the saved ones, where its schedule stood."""
+        own = self.model.state_dict()
+        for key, value in model_state.items():
+            if key not in own:
+                raise UserError(f"{where}: unexpected weight '{key}' (not a wsrl model of this version)")
+            if own[key].shape != value.shape:
+                raise UserError(f"{where}: weight '{key}' has shape {tuple(value.shape)}, this config needs "
+                                f"{tuple(own[key].shape)}")
+        missing = sorted(set(own) - set(model_state))
+        if missing:
+            raise UserError(f"{where}: missing weight(s) {', '.join(missing[:3])}")
+        self.model.load_state_dict(model_state)
+        for name, opt in self.optimizers.items():
+            lrs = [g["lr"] for g in opt.param_groups]
+            load_optimizer_state(opt, state["optimizers"][name])
+            for group, lr in zip(opt.param_groups, lrs):
+                if resume:
+                    lr.copy_(torch.as_tensor(group["lr"]))
+                group["lr"] = lr
 
     def _step(self, name: str, loss: torch.Tensor) -> None:
         """One optimizer step; ``inputs=`` keeps autograd from computing gradients of any other
