@@ -342,7 +342,7 @@ def test_rerun_with_other_flags_for_a_started_run_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_address_where_no_cluster_answers_is_one_line_exit_2_in_bounded_time(tmp_path):
     pytest.importorskip("ray")
-    out = tmp_path / "out"
+    out, env = tmp_path / "out", _ray_token(tmp_path)  # with a token, so that Ray does try to talk to the address
     cmd = [sys.executable, "-m", "wsrl.cli", "sweep", "--envs", "Pendulum-v1", "--methods", "wsrl", "--seeds", "0",
            "--out", str(out), "--address"]
     with socket.socket() as s:  # a port nothing listens on once this socket is closed
@@ -357,7 +357,7 @@ def test_sweep_address_where_no_cluster_answers_is_one_line_exit_2_in_bounded_ti
                 (mute, ["--connect-timeout", "5"], f"--address {mute}: no Ray cluster answered within 5 s "
                                                    f"(--connect-timeout); is it a Ray head")]:
             start = time.monotonic()
-            done = subprocess.run([*cmd, address, *flags], env=RAY_ENV, capture_output=True, text=True, timeout=90)
+            done = subprocess.run([*cmd, address, *flags], env=env, capture_output=True, text=True, timeout=90)
             assert done.returncode == 2 and time.monotonic() - start < 90, done.stdout + done.stderr
             err = done.stderr.strip().splitlines()
             assert len(err) == 1 and err[0].startswith(f"wsrl sweep: error: {expected}"), done.stderr
