@@ -1,25 +1,29 @@
-"""The one place that reads offline datasets: D4RL-schema HDF5, D4RL names, Minari.
+"""Offline datasets in their file formats: the readers (D4RL-schema HDF5, Minari) and the writers
+`wsrl collect` uses, side by side, so each format's schema is defined in one module.
 
-Everything becomes an ``OfflineData`` of transitions with ``terminals`` (the MDP ended:
-no bootstrap) kept apart from ``timeouts`` (the episode was cut: bootstrap, but a new
-trajectory starts next), then the env's domain maps upstream layouts onto the env
-(``wsrl.domains``: antmaze coordinates, adroit's binary reward, kitchen's terminals). Rewards stay
+A reader returns an ``OfflineData`` of transitions with ``terminals`` (the MDP ended: no
+bootstrap) kept apart from ``timeouts`` (the episode was cut: bootstrap, but a new trajectory
+starts next). ``wsrl.data.adapt`` then maps upstream layouts onto the env's domain. Rewards stay
 raw here; reward scale/bias are applied once, when the data goes into a replay buffer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from wsrl.atomic import atomic_write, fsync, fsync_tree
 from wsrl.domains import flatten_sorted
 from wsrl.errors import UserError
+from wsrl.specs import EnvSpec
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
 SUCCESS_KEYS = ("infos/success", "infos/goal_achieved")
@@ -215,3 +219,100 @@ def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, discount: float
                 out[start + i] = acc
         start = end + 1
     return out
+
+
+COLUMNS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+
+
+@dataclass
+class Episodes:
+    """Collected rows in D4RL's layout (episodes contiguous) plus per-episode bookkeeping."""
+
+    columns: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in (*COLUMNS, "qpos", "qvel")})
+    returns: list[float] = field(default_factory=list)
+    complete: list[bool] = field(default_factory=list)
+    """False for episodes cut because collection stopped."""
+    lengths: list[int] = field(default_factory=list)
+
+    def add_episode(self, rows: dict[str, np.ndarray], complete: bool) -> None:
+        for k, v in rows.items():
+            self.columns[k].append(v)
+        self.returns.append(float(rows["rewards"].sum(dtype=np.float64)))
+        self.lengths.append(len(rows["rewards"]))
+        self.complete.append(complete)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in self.columns.items() if v}
+
+
+def write_d4rl(path: Path, data: dict[str, np.ndarray], metadata: dict) -> None:
+    """D4RL schema: float32 columns, bool terminals/timeouts, infos/qpos|qvel, metadata/* scalars."""
+    import h5py
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            for key in COLUMNS:
+                value = data[key]
+                f.create_dataset(key, data=value.astype(bool if key in ("terminals", "timeouts") else np.float32),
+                                 compression="gzip", compression_opts=1)
+            for key in ("qpos", "qvel"):
+                if key in data:
+                    f.create_dataset(f"infos/{key}", data=data[key], compression="gzip", compression_opts=1)
+            for key, value in metadata.items():
+                f[f"metadata/{key}"] = value if isinstance(value, (int, float, bool)) else np.bytes_(
+                    value if isinstance(value, str) else json.dumps(value))
+
+    atomic_write(path, write)
+
+
+def write_minari(dataset_id: str, episodes: Episodes, spec: EnvSpec, venv_spaces, metadata: dict, overwrite: bool) -> Path:
+    """Build the dataset in a hidden folder under the Minari root, then rename it into place."""
+    try:
+        import minari
+        from minari.data_collector import EpisodeBuffer
+        from minari.storage import get_dataset_path
+    except ImportError:
+        raise UserError("--format minari: needs the 'minari' package (pip install 'wsrl[minari]')") from None
+    try:
+        from minari.dataset.minari_dataset import parse_dataset_id
+
+        namespace, _, _ = parse_dataset_id(dataset_id)
+    except Exception as e:
+        raise UserError(f"--out {dataset_id}: not a Minari dataset id like wsrl/hopper-medium-v0 ({e})") from None
+    final = Path(get_dataset_path(dataset_id))
+    if final.exists() and not overwrite:
+        raise UserError(f"--out {dataset_id}: a Minari dataset with this id exists at {final}; pass --overwrite to replace it")
+    root = Path(get_dataset_path())
+    tmp_root = root / f".wsrl-tmp-{os.getpid()}"
+    obs_space, act_space = venv_spaces
+    buffers, start = [], 0
+    cols = {k: np.concatenate(v) for k, v in episodes.columns.items() if v}
+    for i, length in enumerate(episodes.lengths):
+        sl = slice(start, start + length)
+        obs = cols["observations"][sl]
+        buffers.append(EpisodeBuffer(
+            id=i, observations=np.concatenate([obs, cols["next_observations"][sl][-1:]]).astype(obs_space.dtype),
+            actions=cols["actions"][sl].astype(act_space.dtype), rewards=list(cols["rewards"][sl].astype(np.float64)),
+            terminations=list(cols["terminals"][sl]), truncations=list(cols["timeouts"][sl])))
+        start += length
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    try:
+        os.environ["MINARI_DATASETS_PATH"] = str(tmp_root)
+        minari.create_dataset_from_buffers(
+            dataset_id, buffers, env=spec.id, algorithm_name=WSRL_COLLECT_ALGORITHM, author="wsrl",
+            action_space=act_space, observation_space=obs_space, description=json.dumps(metadata),
+            ref_min_score=spec.ref_min_score, ref_max_score=spec.ref_max_score if spec.ref_min_score is not None else None)
+        built = tmp_root / dataset_id
+        fsync_tree(built)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(built, final)
+        fsync(final.parent)
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return final
