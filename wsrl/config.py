@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -383,31 +384,32 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type, data: dict, where: str) -> Any:
-    """Build ``cls`` from a (possibly partial) dict, refusing unknown keys by name."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
+    """Build ``cls`` from a (possibly partial) dict, refusing unknown keys by name; a field whose
+    type is a config dataclass (net, agent) is built from its nested dict."""
+    hints = typing.get_type_hints(cls)  # the field types themselves, not their annotation strings
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
+        if key not in hints:
             raise UserError(f"{where}: unknown field '{key}' for {cls.__name__}")
-        ftype = names[key].type
-        sub = {"NetConfig": NetConfig, "AgentConfig": AgentConfig}.get(str(ftype))
-        if sub is not None:
-            value = from_dict(sub, value, where)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            value = from_dict(hints[key], value, where)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested dicts (net, agent) are merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def merge(cfg: Any, overrides: dict, where: str) -> Any:
     """Return a copy of ``cfg`` with the fields in ``overrides`` (nested dicts for net/agent)."""
-    data = to_dict(cfg)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return from_dict(type(cfg), data, where)
+    return from_dict(type(cfg), merge_dicts(to_dict(cfg), overrides), where)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import json
 from importlib import resources
 from typing import get_args
 
-from wsrl.config import FinetuneConfig, PretrainConfig, RecipeName, merge
+from wsrl.config import FinetuneConfig, PretrainConfig, RecipeName, merge, merge_dicts
 from wsrl.errors import UserError
 
 ONLINE_RECIPE = {"sac": "wsrl", "cql": "cql-finetune", "calql": "calql-finetune", "iql": "iql-finetune"}
@@ -56,14 +56,6 @@ def pretraining_owner(name: str, where: str = "--recipe") -> str:
     if owner is None:
         raise UserError(f"{where}: recipe {name} has no pretraining; run `wsrl finetune --recipe {name} --dataset ...`")
     return owner
-
-
-def merge_dicts(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``; nested dicts (net, agent) are merged key by key."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def _half(name: str, phase: str, domain: str) -> dict:
