@@ -1,7 +1,7 @@
 """The package's import graph from its source (stdlib only): prints every import cycle among
 wsrl's modules, counting imports inside functions too, and exits 1 if there is one.
 
-    python scripts/import_graph.py          # "no import cycle among 38 modules"
+    python scripts/import_graph.py          # "no import cycle among N modules"
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def imports(path: Path, modules: set[str]) -> set[str]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle through each strongly connected component that has one (Tarjan's algorithm)."""
+    """The modules of each import cycle: every strongly connected component of more than one
+    module, sorted (Tarjan's algorithm)."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []
 
     def visit(v: str) -> None:

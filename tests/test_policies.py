@@ -87,7 +87,7 @@ def test_export_metadata_records_the_dict_observation_order_and_action_bounds():
     gym.register("WsrlTestDictObs-v0", entry_point=DictObs)
     policy = TrainedPolicy("WsrlTestDictObs-v0", "WsrlTestDictObs-v0", 6, 1, {}, {}, {}, {})
     meta = export_metadata(policy)
-    assert meta["obs_keys"] == [["desired_goal", 2], ["observation", 4]]  # sorted, as wsrl.envs.flatten_obs
+    assert meta["obs_keys"] == [["desired_goal", 2], ["observation", 4]]  # sorted, as wsrl.domains.sorted_layout
     assert meta["action_scaling"]["low"] == [-2.0] and meta["action_scaling"]["high"] == [3.0]
 
 

@@ -83,3 +83,24 @@ def test_bad_wandb_flags_are_one_line_and_write_nothing(tmp_path, monkeypatch, c
     assert run_wsrl(*args, "--wandb-project", "p") == 2
     assert capsys.readouterr().err.strip() == "wsrl pretrain: error: --wandb-project p: needs wandb (pip install 'wsrl[wandb]')"
     assert not out.exists()
+
+
+def test_overwrite_keeps_the_old_run_when_wandb_cannot_start(tmp_path, monkeypatch, capsys, hopper_file):
+    """--overwrite replaces a run only once the new one has started: a W&B run that cannot start
+    (no login, say) is one line, and the old run is still there, as it was."""
+    wandb = pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    common = ["pretrain", "--env", "Hopper-v5", "--dataset", hopper_file, "--steps", 5, "--eval-every", 5, "--out", out,
+              *TINY]
+    assert run_wsrl(*common) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def refuse(**kwargs):
+        raise wandb.Error("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    capsys.readouterr()
+    assert run_wsrl(*common, "--overwrite", "--wandb-project", "p") == 2
+    assert "W&B did not start a run" in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left aside

@@ -27,7 +27,6 @@ from wsrl.errors import UserError
 from wsrl.specs import EnvSpec
 
 
-
 def flatten_sorted(obs, batched: bool = False) -> np.ndarray:
     """Dict observations concatenated in sorted key order (recursively); ``batched`` keeps a
     leading time axis. The layout of dict-observation envs outside the domains below."""

@@ -295,8 +295,9 @@ def load_sweep(cfg: SweepConfig) -> Sweep:
             chosen[name] = entry
         envs = chosen
     if cfg.methods:
-        for name in set(cfg.methods) - set(methods):  # a recipe's name, used as is
-            load_recipe(name, "--methods")
+        for name in cfg.methods:
+            if name not in methods:  # a recipe's name, used as is
+                load_recipe(name, "--methods")
         methods = {name: methods.get(name) or Method(_check_name(name, "--methods"), name) for name in cfg.methods}
     if cfg.seeds:
         seeds = parse_seeds(list(cfg.seeds), "--seeds")

@@ -2,11 +2,14 @@
 
 ``finetune`` reads top to bottom; the pieces it names live here:
 
-- ``Start`` / ``Resume``: where the run begins, the checkpoint read once and checked against the flags;
+- ``origin`` -> ``Start`` / ``Resume``: where the run begins, the checkpoint read once and checked
+  against the flags;
 - ``OnlineState``: everything a resume restores besides the learner (replay buffer, Monte-Carlo
   return writer, env collector, offline data, counters, generators), saved and restored as one pair;
-- ``Updates``: which update runs after each env step (none in the warmup, critic-first while
-  ``--actor-update-delay`` lasts, then the full update), with the learning-rate schedule.
+- ``Updates``: the actions of each env step, and the updates owed after it (none before
+  ``first_update_step``, critic-first while ``--actor-update-delay`` lasts, then the full update),
+  with the learning-rate schedule;
+- ``Report``: the log line, evaluation and checkpoint due after each env step.
 """
 
 from __future__ import annotations
@@ -87,10 +90,9 @@ class OnlineState:
     Monte-Carlo returns as episodes end), the envs (``collector``), the offline data where a
     baseline keeps it, the warmup's uniform-action generator and the counters."""
 
-    def __init__(self, cfg: FinetuneConfig, spec: EnvSpec, venv: gym.vector.VectorEnv, device: torch.device,
-                 offline_data: OfflineData | None) -> None:
+    def __init__(self, cfg: FinetuneConfig, venv: gym.vector.VectorEnv, device: torch.device,
+                 offline_data: OfflineData | None, fail_reward: float | None) -> None:
         obs_dim, act_dim = env_dims(venv)
-        fail_reward = sparse_fail_reward(cfg, spec)
         self.buffer = ReplayBuffer(cfg.buffer_capacity, obs_dim, act_dim, device, seed=cfg.seed)
         self.writer = BufferWriter(self.buffer, cfg.num_envs, cfg.reward_scale, cfg.reward_bias, cfg.agent.discount,
                                    fail_reward)
@@ -154,14 +156,15 @@ class Updates:
     """The learner's side of each env step: its actions, then one update (``--utd`` critic steps
     and one actor step) per env step once the warmup is over."""
 
-    def __init__(self, agent: SAC, cfg: FinetuneConfig, spec: EnvSpec, device: torch.device, online: OnlineState):
+    def __init__(self, agent: SAC, cfg: FinetuneConfig, device: torch.device, online: OnlineState, start: int):
+        """``start``: the env step after which updates begin (`first_update_step`)."""
         self.agent, self.cfg, self.device, self.online = agent, cfg, device, online
         self.update = make_update(agent, cfg, device)
         # Critic first (--actor-update-delay): its own update function, chosen here by the host's
         # counter, so neither kind of update holds a data-dependent branch (compile, CUDA graphs).
         self.critic_first = (make_update(agent, cfg, device, train_actor=False)
                              if cfg.actor_update_delay > online.counters["updates"] else None)
-        self.start = first_update_step(cfg, spec)
+        self.start = start
         self.schedule = LrSchedule(cfg, agent.optimizers, agent.base_lrs, total_updates=max(1, cfg.steps - self.start))
         self.uniform_warmup = cfg.warmup_actions == "uniform" or (cfg.warmup_actions is None and cfg.from_scratch)
         self.metrics: dict[str, torch.Tensor] = {}
@@ -229,6 +232,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     begin = origin(cfg)
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
+    fail_reward, update_start = sparse_fail_reward(cfg, spec), first_update_step(cfg, spec)  # checks, before writing
     venv = make_vector_env(spec, cfg.num_envs)
     obs_dim, act_dim = env_dims(venv)
     if begin.meta is not None and (begin.meta["obs_dim"], begin.meta["act_dim"]) != (obs_dim, act_dim):
@@ -237,7 +241,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
     data = read_data(cfg, spec, obs_dim, act_dim) if cfg.dataset else None
     seed_everything(cfg.seed)
     agent = build_agent(cfg, cfg.net, cfg.online_algo, obs_dim, act_dim, device)
-    online = OnlineState(cfg, spec, venv, device, data)
+    online = OnlineState(cfg, venv, device, data, fail_reward)
     if begin.meta is not None:
         agent.load_state_dict(begin.model_state, begin.state, f"checkpoint {cfg.resume or cfg.checkpoint}",
                               resume=isinstance(begin, Resume))
@@ -248,7 +252,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         online.append_offline()
     loop = Loop(cfg, spec, agent, device, *start_run(cfg, "finetune", spec, cfg.online_algo, obs_dim, act_dim, device,
                                                      cfg.steps, online.env_steps, pretrain_checkpoint=cfg.checkpoint))
-    updates = Updates(agent, cfg, spec, device, online)
+    updates = Updates(agent, cfg, device, online, update_start)
     if online.env_steps == 0:
         loop.evaluate(0, "online")  # the pretrained starting point is the first point on the curve
     report = Report(loop, cfg, online)

@@ -326,7 +326,7 @@ def _markdown(results, score, table, robust, common, overall, unfinished, cfg: R
     by_key = {(r.env, r.seed, r.method): r.metrics for r in results}
     for env in envs:
         for seed in sorted({r.seed for r in results if r.env == env}):
-            cells = [" / ".join(f"{m[k]:.1f}" for k in ("handover", "dip", "final")) if (m := by_key.get((env, seed, method)))
+            cells = [" / ".join((f"{m[k]:.1f}" if np.isfinite(m[k]) else "—") for k in ("handover", "dip", "final")) if (m := by_key.get((env, seed, method)))
                      else "—" for method in methods]
             lines.append(f"| {env} | {seed} | " + " | ".join(cells) + " |")
     lines += ["", "## Across envs: final score", ""]

@@ -42,6 +42,8 @@ class EnvSpec:
 
 SHARED = ("domain", "reward_scale", "reward_bias", "sparse_reward", "fail_reward", "requires")
 """Suite-level fields of envs/*.json, shared by every env of the suite."""
+
+
 def _suites() -> list[dict]:
     folder = resources.files("wsrl.env_specs")
     return [json.loads(f.read_text()) for f in sorted(folder.iterdir(), key=lambda f: f.name)

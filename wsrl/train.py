@@ -8,6 +8,7 @@ wrong (env, dataset, checkpoint, device, run directory) is checked before anythi
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -44,21 +45,25 @@ def setup_device(cfg: RunConfig) -> tuple[torch.device, RunConfig]:
     return device, replace(cfg, precision=effective_precision(cfg.precision, device))
 
 
-def prepare_run_dir(out: str, overwrite: bool, resume: bool) -> Path:
-    """Refuse to mix two runs in one folder. Call only after all input is validated."""
+def prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[Path, Path | None]:
+    """Refuse to mix two runs in one folder. Call only after all input is validated. With
+    ``--overwrite`` the old contents are moved aside, not deleted: the caller deletes them once the
+    new run has started (`start_run`), or puts them back if it could not."""
     if not out:
         raise UserError("--out: no run directory given")
     run_dir = Path(out)
     if resume:
-        return run_dir
+        return run_dir, None
+    replaced = None
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         if not overwrite:
             what = "a run" if (run_dir / "config.json").exists() else "other files"
             raise UserError(f"--out {run_dir}: already holds {what}; pass --resume {run_dir} to continue it "
                             f"or --overwrite to replace it")
-        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+        replaced = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        run_dir.rename(replaced)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir, replaced
 
 
 def with_env_defaults(cfg: RunConfig, spec: EnvSpec) -> RunConfig:
@@ -162,9 +167,17 @@ def start_run(cfg: RunConfig, kind: str, spec: EnvSpec, algo: str, obs_dim: int,
               total: int, resume_step: int, **meta_extra) -> tuple[Path, dict, RunLogger]:
     """The run directory, its config.json, the checkpoints' metadata and the logger; called once
     every input has been checked, so a refused run writes nothing."""
-    run_dir = prepare_run_dir(cfg.out, cfg.overwrite, resume=bool(cfg.resume))
+    run_dir, replaced = prepare_run_dir(cfg.out, cfg.overwrite, resume=bool(cfg.resume))
     config = {"kind": kind, **to_dict(cfg)}
-    logger = RunLogger(run_dir, total, resume_step, f"{kind} {algo} {spec.id}", config)  # writes config.json
+    try:
+        logger = RunLogger(run_dir, total, resume_step, f"{kind} {algo} {spec.id}", config)  # writes config.json
+    except UserError:  # e.g. W&B could not start a run: the folder is left as it was
+        if replaced is not None:
+            shutil.rmtree(run_dir)
+            replaced.rename(run_dir)
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()
     meta = {"kind": kind, "wsrl_version": __version__, "env": cfg.env, "env_id": spec.id, "algo": algo,
             "dataset": getattr(cfg, "dataset", ""), "obs_dim": obs_dim, "act_dim": act_dim, "config": config, **meta_extra}
     return run_dir, meta, logger
