@@ -363,3 +363,12 @@ def test_sweep_address_where_no_cluster_answers_is_one_line_exit_2_in_bounded_ti
             assert len(err) == 1 and err[0].startswith(f"wsrl sweep: error: {expected}"), done.stderr
             assert "RAY_AUTH_MODE=token" in err[0] or "nothing is listening" in err[0]
             assert not out.exists()
+
+
+def test_only_plain_host_port_addresses_are_probed_before_ray():
+    from wsrl.sweep import tcp_address
+
+    assert tcp_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert tcp_address("[::1]:6379") == ("::1", 6379)  # IPv6, without its brackets
+    assert tcp_address("ray://head:10001") is None  # a Ray client address: only Ray can try it
+    assert tcp_address("auto") is None and tcp_address("head") is None

@@ -152,6 +152,15 @@ JOIN_AND_LEAVE = ("import sys, ray; ray.init(address=sys.argv[1], log_to_driver=
                   "ray.shutdown()")
 
 
+def tcp_address(address: str) -> tuple[str, int] | None:
+    """The host and port of a HOST:PORT or [IPv6]:PORT address, which a plain connection can probe;
+    None for ``auto`` or a client address (``ray://HOST:PORT``), which only Ray can try."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def _connect(ray, cfg: SweepConfig) -> None:
     if not cfg.address:
         # A Ray of its own (not one a `ray start` left on this machine), quiet: its dashboard
@@ -159,10 +168,10 @@ def _connect(ray, cfg: SweepConfig) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         return
     where = f"--address {cfg.address}"
-    host, _, port = cfg.address.rpartition(":")
-    if host and port.isdigit():  # HOST:PORT (not auto): a refused connection needs no Ray to diagnose
+    probe = tcp_address(cfg.address)
+    if probe is not None:  # a refused connection needs no Ray to diagnose
         try:
-            socket.create_connection((host, int(port)), timeout=min(cfg.connect_timeout, 10.0)).close()
+            socket.create_connection(probe, timeout=min(cfg.connect_timeout, 10.0)).close()
         except OSError as e:
             raise UserError(f"{where}: nothing is listening there ({e.strerror or e}); is `ray start --head` "
                             f"running there, on that port?") from None
@@ -178,7 +187,10 @@ def _connect(ray, cfg: SweepConfig) -> None:
         raise UserError(f"{where}: no Ray cluster answered within {cfg.connect_timeout:g} s (--connect-timeout); {hint}") from None
     if trial.returncode:
         raise UserError(f"{where}: cannot join a Ray cluster there ({_error_line(trial.stderr)}); {hint}")
-    ray.init(address=cfg.address, log_to_driver=False, logging_level="WARNING")
+    try:
+        ray.init(address=cfg.address, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError) as e:  # the cluster went away between the trial and now
+        raise UserError(f"{where}: cannot join a Ray cluster there ({str(e).strip().splitlines()[0]}); {hint}") from None
 
 
 def _concurrency(ray, cfg: SweepConfig) -> int:
