@@ -29,26 +29,24 @@ Cases (the release's configs from experiments/configs/train_config.py, hidden si
 --release-exact builds wsrl's side with NetConfig(release_exact=True, shared_critic_head=True).
 
 Random draws. Both sides replay the same arrays, chosen by role; the release's side replaces
-jax.random.{normal,uniform,randint} under jax.disable_jit() (release_side.py), wsrl's side
-torch.{randn_like,rand,randint} during the update (TorchReplay below; the role comes from the
-wsrl function drawing). Roles, with the release's call site and layout, and wsrl's:
+jax.random.{normal,uniform,randint} under jax.disable_jit() (release_side.py); wsrl's agents
+take every draw from their ``Draws`` with its role (wsrl/agents/draws.py), here ``ReplayDraws``.
+Roles, with the release's call site and layout, and wsrl's:
   td_next          policy noise of a' ~ pi(s') in the TD target: sac.py:186 via distrax, shape
-                   (n, B, A) with n = 1 or n_actions (max-target backup); wsrl randn_like in
-                   critic_target, [B, A] or [B, n, A] (the release's transposed)
+                   (n, B, A) with n = 1 or n_actions (max-target backup); wsrl critic_target,
+                   [B, A] or [B, n, A] (the release's transposed)
   td_members       target critics of the TD target: sac.py:238 randint(k); wsrl critic_target:
-                   randint (release_exact) or rand(E).argsort()[:k], replayed so that the same
-                   members come first
-  actor_pi         a ~ pi(s) of the actor loss: sac.py:295; wsrl randn_like in actor_loss
+                   with replacement (release_exact) or k distinct members
+  actor_pi         a ~ pi(s) of the actor loss: sac.py:295; wsrl actor_loss
   temperature_next a' ~ pi(s') whose entropy the temperature loss uses: sac.py:342;
-                   wsrl release_temperature_loss (release_exact); wsrl's default reuses the
+                   wsrl ReleaseUpdate.temperature_loss (release_exact); wsrl's default reuses the
                    actor loss's sample at s and draws nothing here
-  cql_uniform      CQL's uniform actions: cql.py:56, (B, n, A) in [-1, 1); wsrl penalty, rand*2-1
+  cql_uniform      CQL's uniform actions: cql.py:56, (B, n, A) in [-1, 1); wsrl penalty, u*2-1
   cql_pi, cql_next_pi  CQL's actions from pi(s), pi(s'): cql.py:71,80, (n, B, A); wsrl penalty
-                   (which one: the observations the policy is sampled at)
   cql_members      critics the CQL penalty is applied to: cql.py:115 randint(k); wsrl penalty
-                   (release_exact)
+                   (release_exact; by default all members, nothing drawn)
   alpha_*          the Lagrange loss's own CQL draws (cql.py:300-302 recomputes the gap with a
-                   fresh rng; wsrl's CQL.release_losses likewise): fed the same arrays as cql_*
+                   fresh rng; wsrl's ReleaseUpdate.losses likewise): fed the same arrays as cql_*
   actor_dropout    the policy's dropout keep masks, one per hidden layer: flax's bernoulli
                    (mlp.py:40); wsrl's nn.Dropout modules of the actor, replaced by the masks
 A draw one side makes and the other does not is listed after each case. Member draws are
@@ -62,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import platform
@@ -75,8 +72,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import wsrl.agents
 from wsrl.agents import AGENTS
+from wsrl.agents.draws import Draws
+from wsrl.agents.release_update import ReleaseUpdate
 from wsrl.config import AgentConfig, NetConfig
 from wsrl.nets import ActorCritic
 from wsrl.release import flatten, from_release, to_release, unflatten
@@ -257,41 +255,14 @@ def make_inputs(case: Case, net: NetConfig, seed: int) -> tuple[dict, dict, dict
     return sd, batch, draws
 
 
-class TorchReplay:
-    """Replaces torch's draws during wsrl's update by the recorded arrays of their role."""
+class ReplayDraws(Draws):
+    """wsrl's draws (wsrl/agents/draws.py), each the recorded array of its role."""
 
-    # The wsrl function a draw is made in -> its role family (see the module docstring).
-    FAMILIES = {"critic_target": "td", "penalty": "cql", "actor_loss": "actor",
-                "release_temperature_loss": "temperature"}
-
-    def __init__(self, draws: dict, batch: dict):
-        self.draws = draws
-        self.obs = torch.as_tensor(batch["observations"])
-        self.next_obs = torch.as_tensor(batch["next_observations"])
+    def __init__(self, draws: dict, penalty_members: bool):
+        """``penalty_members``: the CQL penalty draws its critics (release_exact) rather than taking all."""
+        self.draws, self.penalty_members_drawn = draws, penalty_members
         self.counts: dict[str, int] = {}
         self.log: list[dict] = []
-        self.agents_dir = str(Path(wsrl.agents.__file__).parent)
-
-    def __enter__(self):
-        self.saved = {name: getattr(torch, name) for name in ("randn_like", "rand", "randint", "randn", "rand_like")}
-        torch.randn_like = self.randn_like
-        torch.rand = self.rand
-        torch.randint = self.randint
-        torch.randn = torch.rand_like = self.unmapped
-        return self
-
-    def __exit__(self, *exc):
-        for name, fn in self.saved.items():
-            setattr(torch, name, fn)
-
-    def family(self) -> str:
-        frames = [f.function for f in inspect.stack(context=0)[2:] if f.filename.startswith(self.agents_dir)]
-        for i, function in enumerate(frames):
-            if function == "penalty" and i + 1 < len(frames) and frames[i + 1] == "release_losses":
-                return "alpha"  # release_exact's recomputed gap for the Lagrange loss (CQL.release_losses)
-            if function in self.FAMILIES:
-                return self.FAMILIES[function]
-        raise RuntimeError(f"unmapped wsrl draw in {frames}")
 
     def take(self, role: str, shape: tuple) -> np.ndarray:
         k = self.counts.get(role, 0)
@@ -302,34 +273,28 @@ class TorchReplay:
         self.log.append({"role": role, "index": k, "shape": list(shape)})
         return self.draws[name]
 
-    def randn_like(self, like: torch.Tensor, **kwargs) -> torch.Tensor:
-        family = self.family()
-        role = {"td": "td_next", "actor": "actor_pi", "temperature": "temperature_next"}.get(family)
-        if family in ("cql", "alpha"):
-            role = f"{family}_pi" if self.sampled_at() == "obs" else f"{family}_next_pi"
-        flat = self.take(role, tuple(like.shape))
-        if like.dim() == 2:
-            values = flat[: like.numel()].reshape(like.shape)
-        else:  # [B, n, A]; the release draws (n, B, A)
-            b, n, a = like.shape
-            values = flat[: like.numel()].reshape(n, b, a).transpose(1, 0, 2)
-        return torch.as_tensor(np.ascontiguousarray(values), dtype=like.dtype, device=like.device)
+    def normal(self, role: str):
+        def noise(mean: torch.Tensor) -> torch.Tensor:
+            flat = self.take(role, tuple(mean.shape))
+            if mean.dim() == 2:
+                values = flat[: mean.numel()].reshape(mean.shape)
+            else:  # [B, n, A]; the release draws (n, B, A)
+                b, n, a = mean.shape
+                values = flat[: mean.numel()].reshape(n, b, a).transpose(1, 0, 2)
+            return torch.as_tensor(np.ascontiguousarray(values), dtype=mean.dtype, device=mean.device)
+        return noise
 
-    def rand(self, *size, **kwargs) -> torch.Tensor:
-        shape = tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)) else tuple(size)
-        family = self.family()
-        if len(shape) == 1:  # subsample_members: rand(E).argsort()[:k]
-            members = self.take(f"{family}_members", shape)
-            u = 0.5 + 0.01 * torch.arange(shape[0], dtype=torch.float32)
-            u[torch.as_tensor(members)] = 0.001 * torch.arange(len(members), dtype=torch.float32)
-            return u.to(kwargs.get("device") or "cpu")
-        values = self.take(f"{family}_uniform", shape)[: math.prod(shape)].reshape(shape)
-        return torch.as_tensor((values + 1) / 2, device=kwargs.get("device"))
+    def uniform(self, role, shape, device):
+        values = self.take(role, shape)[: math.prod(shape)].reshape(shape)
+        return torch.as_tensor((values + 1) / 2, device=device)  # recorded in [-1, 1)
 
-    def randint(self, *args, size=None, **kwargs) -> torch.Tensor:
-        shape = tuple(size if size is not None else args[-1])
-        members = self.take(f"{self.family()}_members", shape)
-        return torch.as_tensor(members[: math.prod(shape)].reshape(shape), device=kwargs.get("device"))
+    def members(self, role, ensemble_size, k, device):
+        if k == ensemble_size:
+            return None
+        return torch.as_tensor(self.take(role, (k,))[:k], device=device)
+
+    def penalty_members(self, role, ensemble_size, k, device):
+        return self.members(role, ensemble_size, k, device) if self.penalty_members_drawn else None
 
     def dropout(self, rate: float):
         """An nn.Dropout forward that applies the recorded keep masks (flax: x / keep_prob where kept)."""
@@ -337,20 +302,6 @@ class TorchReplay:
             mask = self.take("actor_dropout", tuple(x.shape))[: x[0].numel()].reshape(x.shape[1:])
             return torch.where(torch.as_tensor(mask, dtype=torch.bool), x / (1 - rate), torch.zeros_like(x))
         return forward
-
-    def unmapped(self, *args, **kwargs):
-        raise RuntimeError("wsrl draws with a torch function the harness does not replay")
-
-    def sampled_at(self) -> str:
-        """Whether the policy sample being drawn is at the batch's s or s' (the sample's obs)."""
-        for frame in inspect.stack(context=0):
-            if frame.function == "sample" and frame.filename.endswith("nets.py"):
-                row = frame.frame.f_locals["obs"].reshape(-1, OBS_DIM)[0]
-                if (self.obs == row).all(-1).any():
-                    return "obs"
-                if (self.next_obs == row).all(-1).any():
-                    return "next_obs"
-        raise RuntimeError("policy sample at neither the batch's observations nor its next observations")
 
 
 def run_release(case: Case, sd: dict, net: NetConfig, batch: dict, draws: dict, args, folder: Path) -> dict:
@@ -377,8 +328,10 @@ def run_release(case: Case, sd: dict, net: NetConfig, batch: dict, draws: dict, 
 def run_wsrl(case: Case, sd: dict, net: NetConfig, cfg: AgentConfig, batch: dict, draws: dict):
     model = ActorCritic(OBS_DIM, ACT_DIM, net, init_temperature=1.0, init_cql_alpha=1.0)
     model.load_state_dict(sd)
-    agent = AGENTS[case.agent](model, cfg, net)
-    # The metrics of every step: critic_step per minibatch, or release_exact's release_step per call.
+    replay = ReplayDraws(draws, penalty_members=net.release_exact)
+    agent = AGENTS[case.agent](model, cfg, net, replay)
+    update = ReleaseUpdate(agent, replay) if net.release_exact else agent.update
+    # The metrics of every step: critic_step per minibatch, or the release's update's step per call.
     steps: list[dict] = []
 
     def recorded(step):
@@ -388,19 +341,19 @@ def run_wsrl(case: Case, sd: dict, net: NetConfig, cfg: AgentConfig, batch: dict
             return metrics
         return call
 
-    for method in ("critic_step", "release_step"):
-        if hasattr(agent, method):
-            setattr(agent, method, recorded(getattr(agent, method)))
+    if net.release_exact:
+        update.step = recorded(update.step)
+    else:
+        agent.critic_step = recorded(agent.critic_step)
     grads: list[tuple[str, dict]] = []
     names = {id(p): k for k, p in model.named_parameters()}
     for opt_name, opt in agent.optimizers.items():
         opt.step = _recording_step(opt, opt_name, names, grads)
     utd_batch = {k: torch.as_tensor(v).reshape(case.utd, case.batch // case.utd, *v.shape[1:]) for k, v in batch.items()}
-    with TorchReplay(draws, batch) as replay:
-        for module in model.actor.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.forward = replay.dropout(module.p)
-        metrics = agent.update(utd_batch)
+    for module in model.actor.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.forward = replay.dropout(module.p)
+    metrics = update(utd_batch)
     return model.state_dict(), steps, {k: float(v) for k, v in metrics.items()}, replay.log, grads
 
 

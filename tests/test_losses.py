@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from wsrl.agents.cql import CalQL, cql_penalty
+from wsrl.agents.cql import CQL, CalQL, cql_penalty
+from wsrl.agents.draws import Draws
 from wsrl.agents.iql import awr_weights, expectile_loss
+from wsrl.agents.release_update import ReleaseDraws, ReleaseUpdate, update_for
 from wsrl.agents.sac import SAC, td_target, temperature_loss
 from wsrl.config import AgentConfig, NetConfig
 from wsrl.nets import ActorCritic
@@ -175,12 +177,13 @@ def _exact_sac(utd_batch=4):
     batch = {"observations": torch.randn(utd_batch, 6, 3), "actions": torch.rand(utd_batch, 6, 2) * 2 - 1,
              "rewards": torch.randn(utd_batch, 6), "next_observations": torch.randn(utd_batch, 6, 3),
              "masks": torch.ones(utd_batch, 6)}
-    return SAC(model, AgentConfig(), net), model, batch
+    agent = SAC(model, AgentConfig(), net)
+    return agent, model, batch, ReleaseUpdate(agent)
 
 
 def test_release_exact_zero_gradient_steps_move_the_actor_by_adam_momentum():
-    agent, model, batch = _exact_sac()
-    agent.update(batch)  # 4 critic-only calls, then one actor/temperature call
+    agent, model, batch, update = _exact_sac()
+    update(batch)  # 4 critic-only calls, then one actor/temperature call
     for name in ("actor", "critic", "temperature"):
         states = agent.optimizers[name].state.values()
         assert all(int(st["step"]) == 5 for st in states), name  # every optimizer stepped on every call
@@ -188,7 +191,7 @@ def test_release_exact_zero_gradient_steps_move_the_actor_by_adam_momentum():
     lr, (b1, b2), eps = opt.defaults["lr"], opt.defaults["betas"], opt.defaults["eps"]
     before = {p: (p.detach().clone(), opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone(),
                   int(opt.state[p]["step"])) for p in model.actor.parameters()}
-    agent.release_step({k: v[0] for k, v in batch.items()}, frozenset({"critic"}))  # actor: zero gradient
+    update.step({k: v[0] for k, v in batch.items()}, frozenset({"critic"}))  # actor: zero gradient
     for p, (p0, m, v, t) in before.items():
         m, v, t = b1 * m, b2 * v, t + 1
         expected = p0 - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
@@ -199,7 +202,7 @@ def test_release_exact_zero_gradient_steps_move_the_actor_by_adam_momentum():
 def test_release_exact_actor_follows_the_critic_before_its_update():
     # One UTD-1 call: the actor's first Adam step is -lr * sign(grad), with the gradient taken at the
     # parameters *before* the critic step of the same call.
-    agent, model, batch = _exact_sac(utd_batch=1)
+    agent, model, batch, update = _exact_sac(utd_batch=1)
     mb = {k: v[0] for k, v in batch.items()}
     before = [p.detach().clone() for p in model.actor.parameters()]
     torch.manual_seed(5)
@@ -207,7 +210,7 @@ def test_release_exact_actor_follows_the_critic_before_its_update():
     loss, _, _ = agent.actor_loss(mb)
     grads = torch.autograd.grad(loss, list(model.actor.parameters()), allow_unused=True)
     torch.manual_seed(5)
-    agent.update(batch)
+    update(batch)
     lr = agent.optimizers["actor"].defaults["lr"]
     for p, p0, g in zip(model.actor.parameters(), before, grads):
         if g is not None:
@@ -216,7 +219,7 @@ def test_release_exact_actor_follows_the_critic_before_its_update():
 
 
 def test_release_exact_draws_target_critics_with_replacement():
-    agent, _, _ = _exact_sac()
+    agent, _, _, _ = _exact_sac()
     torch.manual_seed(0)
     draws = [tuple(agent.target_members(torch.device("cpu")).tolist()) for _ in range(200)]
     assert any(a == b for a, b in draws)  # the same critic twice: randint, as the release
@@ -227,13 +230,86 @@ def test_release_exact_draws_target_critics_with_replacement():
 def test_release_exact_temperature_loss_samples_the_entropy_at_next_states():
     # The release estimates the entropy for the temperature from cql_n_actions actions sampled at s'
     # (max-target backup on), not from the actor step's actions at s.
-    agent, model, batch = _exact_sac(utd_batch=1)
+    agent, model, batch, update = _exact_sac(utd_batch=1)
     agent.cfg = AgentConfig(max_target_backup=True, cql_n_actions=3)
     mb = {k: v[0] for k, v in batch.items()}
     torch.manual_seed(2)
-    loss = agent.release_temperature_loss(mb)
+    loss = update.temperature_loss(mb)
     torch.manual_seed(2)
     _, next_log_prob = model.actor.sample(mb["next_observations"].unsqueeze(1).expand(-1, 3, -1))
     assert next_log_prob.shape == (6, 3)
     expected = torch.nn.functional.softplus(model.log_alpha) * (-next_log_prob - agent.target_entropy).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+class _FixedDraws(Draws):
+    """Draws with no randomness at all, recording each role; any draw made around them fails."""
+
+    def __init__(self):
+        self.roles: list[str] = []
+
+    def normal(self, role):
+        self.roles.append(role)
+        return torch.zeros_like
+
+    def uniform(self, role, shape, device):
+        self.roles.append(role)
+        return torch.full(shape, 0.25, device=device)
+
+    def members(self, role, ensemble_size, k, device):
+        self.roles.append(role)
+        return torch.arange(k, device=device)
+
+    def penalty_members(self, role, ensemble_size, k, device):
+        self.roles.append(role)
+        return None
+
+
+def _no_torch_draws(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("an update drew a random number outside its Draws")
+    for name in ("rand", "randn", "randint", "randn_like", "rand_like", "randint_like", "randperm", "bernoulli"):
+        monkeypatch.setattr(torch, name, refuse)
+
+
+def _cql_batch(utd: int):
+    torch.manual_seed(0)
+    return {"observations": torch.randn(utd, 6, 3), "actions": torch.rand(utd, 6, 2) * 2 - 1,
+            "rewards": torch.randn(utd, 6), "next_observations": torch.randn(utd, 6, 3), "masks": torch.ones(utd, 6)}
+
+
+def test_every_draw_of_an_update_goes_through_the_agents_draws_by_role(monkeypatch):
+    # The parity script replays the release's arrays through these roles; a draw made elsewhere
+    # (a torch.rand in a loss) would silently escape it.
+    net = NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=4, subsample_size=2)
+    draws = _FixedDraws()
+    agent = CQL(ActorCritic(3, 2, net, init_temperature=0.5, init_cql_alpha=1.0),
+                AgentConfig(cql_n_actions=3, max_target_backup=True), net, draws)
+    batch = _cql_batch(utd=2)
+    _no_torch_draws(monkeypatch)
+    agent.update(batch)
+    per_critic_step = ["td_next", "td_members", "cql_uniform", "cql_pi", "cql_next_pi", "cql_members"]
+    assert draws.roles == per_critic_step * 2 + ["actor_pi"]
+
+
+def test_the_release_update_draws_its_own_roles_through_the_draws_it_is_given(monkeypatch):
+    net = NetConfig(critic_hidden=(8,), actor_hidden=(8,), ensemble_size=4, subsample_size=2, release_exact=True)
+    agent = CQL(ActorCritic(3, 2, net, init_temperature=0.5, init_cql_alpha=1.0),
+                AgentConfig(cql_n_actions=3, max_target_backup=True, cql_lagrange=True), net)
+    draws = _FixedDraws()
+    update = ReleaseUpdate(agent, draws)
+    assert agent.draws is draws
+    batch = _cql_batch(utd=1)
+    _no_torch_draws(monkeypatch)
+    update(batch)
+    assert draws.roles == ["td_next", "td_members", "cql_uniform", "cql_pi", "cql_next_pi", "cql_members",
+                           "actor_pi", "temperature_next",
+                           "alpha_uniform", "alpha_pi", "alpha_next_pi", "alpha_members"]
+
+
+def test_update_for_picks_the_release_update_only_for_a_release_exact_model():
+    agent, _ = _sac()
+    assert update_for(agent) == agent.update
+    exact, _, _, _ = _exact_sac()
+    chosen = update_for(exact)
+    assert isinstance(chosen, ReleaseUpdate) and isinstance(exact.draws, ReleaseDraws)

@@ -60,6 +60,23 @@ class NetConfig:
     all losses from the same parameters, a shared critic head, softplus multipliers, draws with replacement.
     Chosen at pretraining; fine-tuning must match."""
 
+    # What --release-exact changes outside the update (wsrl/agents/release_update.py is the update),
+    # each under the name of what it does, so the networks and the batches need not know the mode.
+    @property
+    def critic_head_shared(self) -> bool:
+        return self.shared_critic_head or self.release_exact
+
+    @property
+    def softplus_multipliers(self) -> bool:
+        """The temperature and CQL alpha as softplus of a raw parameter (the release's), not exp."""
+        return self.release_exact
+
+    @property
+    def concatenated_batches(self) -> bool:
+        """Online and offline rows concatenated, then split into the UTD minibatches, as the release
+        (wsrl/data/buffer.py ``sample_mixed``)."""
+        return self.release_exact
+
 
 @dataclass
 class AgentConfig:

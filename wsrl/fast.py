@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from wsrl.agents.release_update import update_for
 from wsrl.config import RunConfig
 
 Batch = dict[str, torch.Tensor]
@@ -140,9 +141,9 @@ def make_update(agent, cfg: RunConfig, device: torch.device, behavior_cloning: b
     (``--cuda-graph``, the default there). ``behavior_cloning`` selects the BC actor step,
     ``train_actor=False`` the update without an actor step (a graph replays one fixed sequence of
     kernels, so each kind of update gets its own)."""
-    update: Update = agent.update
+    update: Update = update_for(agent)  # the agent's own, or the release's (--release-exact)
     if behavior_cloning or not train_actor:
-        update = functools.partial(agent.update, behavior_cloning=behavior_cloning, train_actor=train_actor)
+        update = functools.partial(update, behavior_cloning=behavior_cloning, train_actor=train_actor)
     if device.type == "cpu":
         configure_cpu(cfg.threads)
     if cfg.compile:

@@ -9,6 +9,7 @@ MLP implementation and makes the 10-critic ensemble cost a handful of kernels, n
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +139,7 @@ class Critic(nn.Module):
         self.ensemble_size = net.ensemble_size
         self.mlp = EnsembleMLP(net.ensemble_size, obs_dim + act_dim, net.critic_hidden, 1, net.layer_norm,
                                net.init, net.critic_final_scale,
-                               shared_head=net.shared_critic_head or net.release_exact)
+                               shared_head=net.critic_head_shared)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """Q of every member, [E, ...batch]; with ``members``, only those, [len(members), ...batch]."""
@@ -182,10 +183,12 @@ class Actor(nn.Module):
             mean, log_std = out, self.log_std.expand_as(out)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised action and its log-probability (under the squashed distribution)."""
+    def sample(self, obs: torch.Tensor, noise: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action and its log-probability (under the squashed distribution);
+        ``noise`` draws the standard normal noise from the mean (the agents pass their ``Draws``)."""
         mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
+        eps = noise(mean)
         u = mean + log_std.exp() * eps
         log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         if not self.squash:
@@ -224,7 +227,7 @@ def multiplier_init(value: float, softplus: bool) -> float:
 
 def multiplier(raw: torch.Tensor, softplus: bool) -> torch.Tensor:
     """A positive multiplier (SAC temperature, CQL alpha) from its raw parameter: exp by default,
-    softplus as the release's Lagrange multipliers (``release_exact``)."""
+    softplus as the release's Lagrange multipliers (``NetConfig.softplus_multipliers``)."""
     return F.softplus(raw) if softplus else raw.exp()
 
 
@@ -232,7 +235,7 @@ class ActorCritic(nn.Module):
     """Everything every algorithm trains, so one checkpoint moves between CQL, IQL and SAC.
 
     ``log_alpha`` and ``cql_log_alpha`` are the raw parameters of the temperature and of CQL's
-    Lagrange alpha: their logs, or their inverse softplus under ``release_exact``.
+    Lagrange alpha: their logs, or their inverse softplus (``NetConfig.softplus_multipliers``).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, net: NetConfig, init_temperature: float, init_cql_alpha: float):
@@ -240,15 +243,15 @@ class ActorCritic(nn.Module):
         if not 1 <= net.subsample_size <= net.ensemble_size:
             raise ValueError("subsample_size must be between 1 and ensemble_size")
         self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.softplus_multipliers = net.release_exact
+        self.softplus_multipliers = net.softplus_multipliers
         self.actor = Actor(obs_dim, act_dim, net)
         self.critic = Critic(obs_dim, act_dim, net)
         self.target_critic = Critic(obs_dim, act_dim, net)
         self.target_critic.load_state_dict(self.critic.state_dict())
         self.target_critic.requires_grad_(False)
         self.value = ValueNet(obs_dim, net)
-        self.log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_temperature, net.release_exact)))
-        self.cql_log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_cql_alpha, net.release_exact)))
+        self.log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_temperature, net.softplus_multipliers)))
+        self.cql_log_alpha = nn.Parameter(torch.tensor(multiplier_init(init_cql_alpha, net.softplus_multipliers)))
 
     def temperature(self) -> torch.Tensor:
         return multiplier(self.log_alpha, self.softplus_multipliers)

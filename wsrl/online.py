@@ -141,7 +141,7 @@ def first_update_step(cfg: FinetuneConfig, spec: EnvSpec) -> int:
     """Updates start after this many env steps: the warmup, and as in the release not before the
     buffer holds one batch of online rows, nor (sampling finished episodes only, Cal-QL) before
     every env has run one time limit, so that each has finished an episode."""
-    offline = offline_rows(cfg.offline_ratio, cfg.utd, cfg.batch_size // cfg.utd, cfg.net.release_exact) if cfg.dataset else 0
+    offline = offline_rows(cfg.offline_ratio, cfg.utd, cfg.batch_size // cfg.utd, cfg.net.concatenated_batches) if cfg.dataset else 0
     online_rows = cfg.batch_size - offline
     start = max(cfg.warmup_steps, online_rows)
     if cfg.sample_finished_episodes:
@@ -184,7 +184,7 @@ class Updates:
             step_fn = self.critic_first if counters["updates"] < self.cfg.actor_update_delay else self.update
             self.metrics = step_fn(sample_mixed(self.online.buffer, self.online.offline, self.cfg.utd, minibatch,
                                                 self.cfg.offline_ratio, self.cfg.sample_finished_episodes,
-                                                concatenate=self.cfg.net.release_exact))
+                                                concatenate=self.cfg.net.concatenated_batches))
             counters["updates"] += 1
             guard.track(self.metrics, counters["env_steps"])  # reported as the env step
 

@@ -7,8 +7,8 @@ and the critic's hidden layers vmapped over a leading ensemble axis. Its critic 
 ``Dense`` shared by all members, its actor separate mean and log-std ``Dense`` layers (or a
 ``log_stds`` vector for a state-independent std), and its temperature and CQL multiplier store
 softplus^-1 of their value. wsrl stacks every layer as ``[E, in, out]``, concatenates mean and
-log-std into one output layer, and stores log alpha (softplus^-1 alpha too under
-``release_exact``, where the conversion of the multipliers is exact). Numpy and torch only.
+log-std into one output layer, and stores log alpha (softplus^-1 alpha too with
+``NetConfig.softplus_multipliers``, where the conversion of the multipliers is exact). Numpy and torch only.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def to_release(state_dict: dict[str, torch.Tensor], net: NetConfig, modules: tup
     for name in modules:
         if name in _SCALARS:
             raw = float(sd[_SCALARS[name]])
-            # release_exact stores the release's own softplus^-1 parameter; otherwise log alpha.
-            value = raw if net.release_exact else _softplus_inverse(math.exp(raw))
+            # The release's own softplus^-1 parameter (softplus_multipliers), or log alpha.
+            value = raw if net.softplus_multipliers else _softplus_inverse(math.exp(raw))
             params[name] = {"lagrange": np.asarray(value, dtype=np.float32)}
         elif name in _MLP_MODULES:
             params[name] = _mlp_to_release(sd, _MLP_MODULES[name], net)
@@ -96,7 +96,7 @@ def from_release(params: Tree, target_params: Tree, net: NetConfig,
     for name, tree in params.items():
         if name in _SCALARS:
             raw = float(tree["lagrange"])
-            out[_SCALARS[name]] = torch.tensor(raw if net.release_exact else math.log(_softplus(raw)), dtype=torch.float32)
+            out[_SCALARS[name]] = torch.tensor(raw if net.softplus_multipliers else math.log(_softplus(raw)), dtype=torch.float32)
         elif name in _MLP_MODULES:
             for key, value in _mlp_from_release(tree, _MLP_MODULES[name], net, out).items():
                 put(key, value)

@@ -33,10 +33,6 @@ def cql_penalty(q_data: torch.Tensor, q_random: torch.Tensor, q_pi: torch.Tensor
 class CQL(SAC):
     name = "cql"
 
-    @property
-    def release_optimizers(self) -> tuple[str, ...]:
-        return ("critic", "actor", "temperature", *(("cql_alpha",) if self.cfg.cql_lagrange else ()))
-
     def cql_alpha(self) -> torch.Tensor:
         if self.cfg.cql_lagrange:
             return self.model.cql_alpha().clamp(0.0, 1e6)
@@ -46,32 +42,35 @@ class CQL(SAC):
         """Hook for Cal-QL; plain CQL leaves the sampled actions' Q-values as they are."""
         return q_sampled, {}
 
-    def penalty(self, mb: Batch, q_data: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        """The conservative penalty of every member (or, under ``release_exact``, of the release's
-        own random subsample of members, drawn apart from the TD target's) and its metrics."""
+    def penalty(self, mb: Batch, q_data: torch.Tensor, family: str = "cql") -> tuple[torch.Tensor, Metrics]:
+        """The conservative penalty of the members the draws choose (all by default; the release
+        draws a subsample apart from the TD target's) and its metrics. ``family`` prefixes the roles
+        of its draws (the release's Lagrange loss draws its own, as ``alpha``)."""
         m, cfg, n = self.model, self.cfg, self.cfg.cql_n_actions
         obs = mb["observations"]
         with torch.no_grad():
             obs_n, next_obs_n = repeat_actions(obs, n), repeat_actions(mb["next_observations"], n)
-            random_actions = torch.rand(*obs_n.shape[:2], m.act_dim, device=obs.device) * 2 - 1
-            pi_actions, log_prob_pi = m.actor.sample(obs_n)
-            next_pi_actions, log_prob_next_pi = m.actor.sample(next_obs_n)
+            random_actions = self.draws.uniform(f"{family}_uniform", (*obs_n.shape[:2], m.act_dim), obs.device) * 2 - 1
+            pi_actions, log_prob_pi = m.actor.sample(obs_n, self.draws.normal(f"{family}_pi"))
+            next_pi_actions, log_prob_next_pi = m.actor.sample(next_obs_n, self.draws.normal(f"{family}_next_pi"))
         # One critic call for all 3n sampled actions per state, all evaluated at s: [E, B, 3n].
         q_sampled = m.critic(torch.cat([obs_n] * 3, 1), torch.cat([random_actions, pi_actions, next_pi_actions], 1))
-        if self.net.release_exact:
-            members = self.target_members(obs.device)
-            if members is not None:
-                q_sampled, q_data = q_sampled[members], q_data[members]
+        members = self.draws.penalty_members(f"{family}_members", self.net.ensemble_size, self.net.subsample_size,
+                                             obs.device)
+        if members is not None:
+            q_sampled, q_data = q_sampled[members], q_data[members]
         q_sampled, bound_metrics = self.bound_policy_q(q_sampled, mb)
         q_random, q_pi, q_next_pi = q_sampled.split(n, dim=-1)
         diff = cql_penalty(q_data, q_random, q_pi, q_next_pi, log_prob_pi, log_prob_next_pi, m.act_dim,
                            cfg.cql_importance_sample, cfg.cql_temperature)
         return diff, {"q/q_pi_mean": q_pi.detach().mean(), **bound_metrics}
 
-    def critic_losses(self, mb: Batch) -> tuple[dict[str, torch.Tensor], Metrics]:
+    def critic_losses(self, mb: Batch, q: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], Metrics]:
+        """SAC's TD loss plus alpha times the penalty (minus Cal-QL's target gap under a Lagrange alpha)."""
         cfg = self.cfg
-        q = self.model.critic(mb["observations"], mb["actions"])  # [E, B]
-        td_loss = (q - self.critic_target(mb)).pow(2).mean()
+        q = self.model.critic(mb["observations"], mb["actions"]) if q is None else q  # [E, B], shared with SAC's loss
+        losses, metrics = super().critic_losses(mb, q)
+        td_loss = losses["critic"]
         cql_diff, penalty_metrics = self.penalty(mb, q)
         cql_diff = cql_diff.mean()
         alpha = self.cql_alpha()
@@ -81,18 +80,8 @@ class CQL(SAC):
         if cfg.cql_lagrange:
             # Dual ascent: alpha grows while the gap exceeds its target (this minibatch's gap).
             losses["cql_alpha"] = -alpha * (cql_diff.detach() - gap)
-        return losses, {"losses/critic_loss": loss.detach(), "losses/td_loss": td_loss.detach(),
-                        "losses/cql_diff": cql_diff.detach(), "cql/alpha": alpha.detach(),
-                        "q/q_mean": q.detach().mean(), **penalty_metrics}
-
-    def release_losses(self, batch, train, behavior_cloning):
-        losses, metrics = super().release_losses(batch, train, behavior_cloning)
-        if "cql_alpha" in train:
-            # The release recomputes the gap for the multiplier's loss with fresh samples.
-            with torch.no_grad():
-                diff = self.penalty(batch, self.model.critic(batch["observations"], batch["actions"]))[0].mean()
-            losses["cql_alpha"] = -self.cql_alpha() * (diff - self.cfg.cql_target_gap)
-        return losses, metrics
+        return losses, {**metrics, "losses/critic_loss": loss.detach(), "losses/td_loss": td_loss.detach(),
+                        "losses/cql_diff": cql_diff.detach(), "cql/alpha": alpha.detach(), **penalty_metrics}
 
 
 class CalQL(CQL):

@@ -19,8 +19,6 @@ def awr_weights(advantage: torch.Tensor, temperature: float, max_weight: float) 
 
 class IQL(SAC):
     name = "iql"
-    release_optimizers = ("critic", "value", "actor")
-    release_critic_optimizers = ("critic", "value")
 
     def target_q(self, mb: Batch) -> torch.Tensor:
         """min over the chosen target critics of Q(s, a_data), no gradient."""
@@ -58,8 +56,6 @@ class IQL(SAC):
         return {**metrics, **q_metrics}
 
     def update(self, batch: Batch, behavior_cloning: bool = False, train_actor: bool = True) -> Metrics:
-        if self.net.release_exact:
-            return self.release_update(batch, train_actor=train_actor)
         metrics: Metrics = {}
         for i in range(batch["observations"].shape[0]):
             metrics = self.critic_step({k: v[i] for k, v in batch.items()})
@@ -68,12 +64,3 @@ class IQL(SAC):
         loss, actor_metrics = self.weighted_bc_loss({k: v.flatten(0, 1) for k, v in batch.items()})
         self._step("actor", loss)
         return {**metrics, **actor_metrics}
-
-    def release_losses(self, batch, train, behavior_cloning):
-        losses: dict[str, torch.Tensor] = {}
-        metrics: Metrics = {}
-        for name, loss_fn in (("value", self.value_loss), ("critic", self.q_loss), ("actor", self.weighted_bc_loss)):
-            if name in train:
-                losses[name], part = loss_fn(batch)
-                metrics.update(part)
-        return losses, metrics
