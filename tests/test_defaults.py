@@ -1,9 +1,24 @@
 """`wsrl.defaults.run_defaults`: the levels that tests/test_recipes.py and tests/test_cli.py do not
-cover (a resumed run, the env suite)."""
+cover (a resumed run, the env suite), and the pretraining checkpoint read once per fine-tuning run."""
 
 import json
 
+from helpers import TINY, run_wsrl
 from wsrl.config import FinetuneConfig, to_dict
+
+
+def test_the_pretrained_checkpoint_is_read_once_per_finetune_run(tmp_path, pretrained, monkeypatch):
+    from wsrl import checkpoint
+
+    read = []
+    load_file = checkpoint.load_file
+    monkeypatch.setattr(checkpoint, "load_file", lambda path: read.append(path) or load_file(path))
+    out = tmp_path / "ft"
+    assert run_wsrl("finetune", "--checkpoint", pretrained, "--out", out, "--steps", 20, "--warmup-steps", 10,
+                    *TINY, "--batch-size", 32, "--eval-every", 1000) == 0
+    assert [p.name for p in read] == ["model.safetensors", "state.safetensors"]  # once, for the defaults and the run
+    assert all(pretrained in p.parents for p in read)
+    assert json.loads((out / "config.json").read_text())["reward_scale"] == 1.0  # the checkpoint's, recorded
 
 
 def test_a_resumed_run_keeps_its_own_config_and_flags_win_over_it(tmp_path):

@@ -9,7 +9,7 @@ from typing import get_args
 
 import tyro
 
-from wsrl.checkpoint import load_checkpoint
+from wsrl.checkpoint import Checkpoint, load_checkpoint
 from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName
 from wsrl.errors import DivergenceError, UserError
 from wsrl.precision import Precision
@@ -62,7 +62,10 @@ def parse_pretrain(args: list[str]) -> PretrainConfig:
     return _parse(PretrainConfig, default, args, "pretrain")
 
 
-def parse_finetune(args: list[str]) -> FinetuneConfig:
+def read_finetune(args: list[str]) -> tuple[FinetuneConfig, Checkpoint | None]:
+    """The config of ``wsrl finetune args`` and the checkpoint --checkpoint names, read once: its
+    saved config gives defaults here, and the run starts from it (``finetune(cfg, pretrained)``).
+    A resumed run takes its defaults from its own config.json instead."""
     from wsrl.defaults import run_defaults
 
     online_algo, recipe = _peek(args, "--online-algo"), _peek(args, "--recipe")
@@ -72,7 +75,11 @@ def parse_finetune(args: list[str]) -> FinetuneConfig:
     resume, checkpoint = _peek(args, "--resume"), _peek(args, "--checkpoint")
     pretrained = load_checkpoint(checkpoint) if checkpoint and not resume else None
     default = run_defaults("finetune", _peek(args, "--env"), recipe, online_algo, resume, pretrained)
-    return _parse(FinetuneConfig, default, args, "finetune")
+    return _parse(FinetuneConfig, default, args, "finetune"), pretrained
+
+
+def parse_finetune(args: list[str]) -> FinetuneConfig:
+    return read_finetune(args)[0]
 
 
 def parse_collect(args: list[str]):
@@ -98,6 +105,12 @@ def parse_report(args: list[str]):
     from wsrl.config import ReportConfig
 
     return tyro.cli(ReportConfig, args=args, prog="wsrl report", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _finetune(parsed: tuple[FinetuneConfig, Checkpoint | None]) -> dict[str, float]:
+    from wsrl.online import finetune
+
+    return finetune(*parsed)
 
 
 def _sweep(cfg) -> int:
@@ -151,11 +164,10 @@ def _plot(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsrl.online import finetune
     from wsrl.train import pretrain
 
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),
+    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (read_finetune, _finetune),
                 "collect": (parse_collect, _collect), "plot": (parse_plot, _plot),
                 "sweep": (parse_sweep, _sweep), "report": (parse_report, _report),
                 "evaluate": (parse_evaluate, _evaluate), "export": (parse_export, _export)}
