@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +32,17 @@ from wsrl.errors import UserError
 FORMAT_VERSION = 2
 """2: recipes and the shared max-target switch in the config (format 1 is upgraded on load)."""
 FILES = ("model.safetensors", "state.safetensors", "state.json")
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint as read (`load_checkpoint`); a tuple, so ``meta, model_state, state = ...`` reads it too."""
+
+    meta: dict
+    """state.json without the state: what it was trained on, the full config (``meta["config"]``), counters."""
+    model_state: dict[str, torch.Tensor]
+    """The ``ActorCritic`` weights."""
+    state: dict
+    """Everything else a resume restores (optimizers, RNG states, replay buffer, ...)."""
 
 
 def encode(tree: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
@@ -158,8 +169,8 @@ def find_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Verify against the manifest, then read ``(meta, model_state, state)``; tensors on CPU."""
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Verify against the manifest, then read the checkpoint; tensors on CPU."""
     ckpt = find_checkpoint(path)
     manifest_path = ckpt / "MANIFEST.json"
     try:
@@ -193,4 +204,4 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], di
     state = decode(meta.pop("state"), tensors)
     if version == 1:
         meta["config"] = upgrade_config(meta["config"])
-    return meta, model_state, state
+    return Checkpoint(meta, model_state, state)

@@ -1,21 +1,16 @@
-"""`wsrl <command>`: picks the recipe, parses flags with tyro, calls the library. No logic of its own.
-
-Flag defaults come from, in order: the config dataclasses, the recipe for the env's domain (and
-the checkpoint being fine-tuned; wsrl/recipes.py), or the run being resumed, and finally the
-command line.
+"""`wsrl <command>`: parses flags with tyro over the defaults they choose, calls the library. No
+logic of its own: where each default comes from is `wsrl.defaults.run_defaults`.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import get_args
 
 import tyro
 
-from wsrl.checkpoint import upgrade_config
-from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName, from_dict
+from wsrl.checkpoint import Checkpoint, load_checkpoint
+from wsrl.config import Algo, FinetuneConfig, OnlineAlgo, PretrainConfig, RecipeName
 from wsrl.errors import DivergenceError, UserError
 from wsrl.precision import Precision
 
@@ -34,7 +29,9 @@ commands:
 
 
 def _peek(args: list[str], flag: str) -> str:
-    """The value of ``--flag`` on the command line (last one wins), or ''."""
+    """The value of ``--flag`` on the command line (last one wins), or ''. Only for the flags that
+    choose the defaults the others are parsed over (--recipe, --algo, --online-algo, --env,
+    --checkpoint, --resume) and for checking a choice before tyro's longer message."""
     value = ""
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):
@@ -49,48 +46,40 @@ def _check_choice(flag: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{flag}: unknown value '{value}' (choose from {', '.join(choices)})")
 
 
-def _saved_config(cls: type, run_dir: str):
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise UserError(f"--resume {run_dir}: no config.json there (not a wsrl run directory)")
-    data = upgrade_config(json.loads(path.read_text()))
-    data.pop("kind", None)
-    return from_dict(cls, {**data, "resume": run_dir, "out": run_dir}, str(path))
-
-
 def _parse(cls: type, default, args: list[str], command: str):
     return tyro.cli(cls, default=default, args=args, prog=f"wsrl {command}",
                     config=(tyro.conf.OmitArgPrefixes,))
 
 
 def parse_pretrain(args: list[str]) -> PretrainConfig:
-    from wsrl.recipes import pretrain_defaults
+    from wsrl.defaults import run_defaults
 
     algo, recipe = _peek(args, "--algo"), _peek(args, "--recipe")
     _check_choice("--algo", algo, get_args(Algo))
     _check_choice("--recipe", recipe, get_args(RecipeName))
     _check_choice("--precision", _peek(args, "--precision"), get_args(Precision))
-    resume = _peek(args, "--resume")
-    if resume:
-        return _parse(PretrainConfig, _saved_config(PretrainConfig, resume), args, "pretrain")
-    return _parse(PretrainConfig, pretrain_defaults(_peek(args, "--env"), recipe or "wsrl", algo or None), args, "pretrain")
+    default = run_defaults("pretrain", _peek(args, "--env"), recipe, algo, _peek(args, "--resume"))
+    return _parse(PretrainConfig, default, args, "pretrain")
 
 
-def parse_finetune(args: list[str]) -> FinetuneConfig:
-    from wsrl.checkpoint import load_checkpoint
-    from wsrl.recipes import finetune_defaults
+def read_finetune(args: list[str]) -> tuple[FinetuneConfig, Checkpoint | None]:
+    """The config of ``wsrl finetune args`` and the checkpoint --checkpoint names, read once: its
+    saved config gives defaults here, and the run starts from it (``finetune(cfg, pretrained)``).
+    A resumed run takes its defaults from its own config.json instead."""
+    from wsrl.defaults import run_defaults
 
     online_algo, recipe = _peek(args, "--online-algo"), _peek(args, "--recipe")
     _check_choice("--online-algo", online_algo, get_args(OnlineAlgo))
     _check_choice("--recipe", recipe, get_args(RecipeName))
     _check_choice("--precision", _peek(args, "--precision"), get_args(Precision))
-    resume = _peek(args, "--resume")
-    if resume:
-        return _parse(FinetuneConfig, _saved_config(FinetuneConfig, resume), args, "finetune")
-    checkpoint = _peek(args, "--checkpoint")
-    saved = load_checkpoint(checkpoint)[0]["config"] if checkpoint else None
-    default = finetune_defaults(_peek(args, "--env"), recipe or None, online_algo or None, saved)
-    return _parse(FinetuneConfig, default, args, "finetune")
+    resume, checkpoint = _peek(args, "--resume"), _peek(args, "--checkpoint")
+    pretrained = load_checkpoint(checkpoint) if checkpoint and not resume else None
+    default = run_defaults("finetune", _peek(args, "--env"), recipe, online_algo, resume, pretrained)
+    return _parse(FinetuneConfig, default, args, "finetune"), pretrained
+
+
+def parse_finetune(args: list[str]) -> FinetuneConfig:
+    return read_finetune(args)[0]
 
 
 def parse_collect(args: list[str]):
@@ -116,6 +105,12 @@ def parse_report(args: list[str]):
     from wsrl.config import ReportConfig
 
     return tyro.cli(ReportConfig, args=args, prog="wsrl report", config=(tyro.conf.OmitArgPrefixes,))
+
+
+def _finetune(parsed: tuple[FinetuneConfig, Checkpoint | None]) -> dict[str, float]:
+    from wsrl.online import finetune
+
+    return finetune(*parsed)
 
 
 def _sweep(cfg) -> int:
@@ -169,11 +164,10 @@ def _plot(cfg) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wsrl.online import finetune
     from wsrl.train import pretrain
 
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (parse_finetune, finetune),
+    commands = {"pretrain": (parse_pretrain, pretrain), "finetune": (read_finetune, _finetune),
                 "collect": (parse_collect, _collect), "plot": (parse_plot, _plot),
                 "sweep": (parse_sweep, _sweep), "report": (parse_report, _report),
                 "evaluate": (parse_evaluate, _evaluate), "export": (parse_export, _export)}

@@ -1,7 +1,7 @@
 """Every knob of wsrl as a typed dataclass field.
 
 The field docstrings are the ``--help`` text, the saved ``config.json`` is ``asdict`` of these
-classes, and the recipes in ``configs/`` are partial dicts of the same fields (wsrl/recipes.py
+classes, and the recipes in ``configs/`` are partial dicts of the same fields (wsrl/defaults.py
 says in which order they apply).
 """
 

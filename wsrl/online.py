@@ -2,8 +2,8 @@
 
 ``finetune`` reads top to bottom; the pieces it names live here:
 
-- ``origin`` -> ``Start`` / ``Resume``: where the run begins, the checkpoint read once and checked
-  against the flags;
+- ``origin`` -> ``Start`` / ``Resume``: where the run begins, the checkpoint read once (by the CLI,
+  for its defaults, or here) and checked against the flags;
 - ``OnlineState``: everything a resume restores besides the learner (replay buffer, Monte-Carlo
   return writer, env collector, offline data, counters, generators), saved and restored as one pair;
 - ``Updates``: the actions of each env step, and the updates owed after it (none before
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from wsrl.agents import SAC
-from wsrl.checkpoint import list_checkpoints, load_checkpoint
+from wsrl.checkpoint import Checkpoint, list_checkpoints, load_checkpoint
 from wsrl.config import FinetuneConfig, NetConfig, to_dict
 from wsrl.data.buffer import ReplayBuffer, offline_rows, sample_mixed
 from wsrl.data.offline import OfflineData
@@ -40,37 +40,36 @@ from wsrl.train import (DivergenceGuard, Loop, build_agent, read_data, setup_dev
 
 @dataclass(frozen=True)
 class Start:
-    """A new run, from a pretraining checkpoint (``meta`` and its states) or from scratch (all None)."""
+    """A new run, from a pretraining checkpoint or from scratch (None)."""
 
-    meta: dict | None = None
-    model_state: dict | None = None
-    state: dict | None = None
+    checkpoint: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
 class Resume:
     """A fine-tuning run continued from its newest checkpoint."""
 
-    meta: dict
-    model_state: dict
-    state: dict
+    checkpoint: Checkpoint
 
 
-def origin(cfg: FinetuneConfig) -> Start | Resume:
+def origin(cfg: FinetuneConfig, pretrained: Checkpoint | None = None) -> Start | Resume:
     """Where the run begins; a checkpoint that does not fit the flags is one clear error, before
-    anything is written."""
+    anything is written. ``pretrained``: ``cfg.checkpoint`` if the caller has read it already."""
     if cfg.resume and list_checkpoints(cfg.resume):
-        meta, model_state, state = load_checkpoint(cfg.resume)
-        if meta["kind"] != "finetune":
-            raise UserError(f"--resume {cfg.resume}: holds a {meta['kind']} run; use `wsrl {meta['kind']} --resume`")
-        return Resume(meta, model_state, state)
+        resumed = load_checkpoint(cfg.resume)
+        kind = resumed.meta["kind"]
+        if kind != "finetune":
+            raise UserError(f"--resume {cfg.resume}: holds a {kind} run; use `wsrl {kind} --resume`")
+        return Resume(resumed)
     if cfg.from_scratch:
         if cfg.checkpoint:
             raise UserError("--from-scratch and --checkpoint exclude each other")
         return Start()
     if not cfg.checkpoint:
         raise UserError("--checkpoint: no pretraining run given (or pass --from-scratch)")
-    meta, model_state, state = load_checkpoint(cfg.checkpoint)
+    if pretrained is None:
+        pretrained = load_checkpoint(cfg.checkpoint)
+    meta = pretrained.meta
     trained_as = meta["config"].get("recipe", "wsrl")
     if pretrain_as(cfg.recipe) != trained_as:
         raise UserError(f"--recipe {cfg.recipe}: fine-tunes a {pretrain_as(cfg.recipe) or 'no'} pretraining; the checkpoint "
@@ -82,7 +81,7 @@ def origin(cfg: FinetuneConfig) -> Start | Resume:
         if getattr(saved_net, name) != value:
             raise UserError(f"--{name.replace('_', '-')} {value}: does not fit the checkpoint "
                             f"{cfg.checkpoint}, which has {getattr(saved_net, name)}")
-    return Start(meta, model_state, state)
+    return Start(pretrained)
 
 
 class OnlineState:
@@ -226,28 +225,31 @@ class Report:
         loop.logger.progress(now - before, **({"eval": loop.last_eval["eval/return"]} if loop.last_eval else {}))
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, float]:
+def finetune(cfg: FinetuneConfig, pretrained: Checkpoint | None = None) -> dict[str, float]:
+    """``pretrained``: ``cfg.checkpoint`` already read (`wsrl.checkpoint.load_checkpoint`; the CLI
+    reads it for its defaults), so that it is read once; None reads it here."""
     cfg.check()
     device, cfg = setup_device(cfg)
-    begin = origin(cfg)
+    begin = origin(cfg, pretrained)
+    loaded = begin.checkpoint
     spec = resolve_env(cfg.env)
     cfg = with_env_defaults(cfg, spec)
     fail_reward, update_start = sparse_fail_reward(cfg, spec), first_update_step(cfg, spec)  # checks, before writing
     venv = make_vector_env(spec, cfg.num_envs)
     obs_dim, act_dim = env_dims(venv)
-    if begin.meta is not None and (begin.meta["obs_dim"], begin.meta["act_dim"]) != (obs_dim, act_dim):
-        raise UserError(f"checkpoint: trained with obs/action sizes {begin.meta['obs_dim']}/{begin.meta['act_dim']}, "
+    if loaded is not None and (loaded.meta["obs_dim"], loaded.meta["act_dim"]) != (obs_dim, act_dim):
+        raise UserError(f"checkpoint: trained with obs/action sizes {loaded.meta['obs_dim']}/{loaded.meta['act_dim']}, "
                         f"{spec.id} has {obs_dim}/{act_dim}")
     data = read_data(cfg, spec, obs_dim, act_dim) if cfg.dataset else None
     seed_everything(cfg.seed)
     agent = build_agent(cfg, cfg.net, cfg.online_algo, obs_dim, act_dim, device)
     online = OnlineState(cfg, venv, device, data, fail_reward)
-    if begin.meta is not None:
-        agent.load_state_dict(begin.model_state, begin.state, f"checkpoint {cfg.resume or cfg.checkpoint}",
+    if loaded is not None:
+        agent.load_state_dict(loaded.model_state, loaded.state, f"checkpoint {cfg.resume or cfg.checkpoint}",
                               resume=isinstance(begin, Resume))
     if isinstance(begin, Resume):
-        set_rng_state(begin.state["rng"])
-        online.load_state_dict(begin.state)
+        set_rng_state(loaded.state["rng"])
+        online.load_state_dict(loaded.state)
     elif cfg.offline_append and online.offline is not None:
         online.append_offline()
     loop = Loop(cfg, spec, agent, device, *start_run(cfg, "finetune", spec, cfg.online_algo, obs_dim, act_dim, device,

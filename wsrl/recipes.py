@@ -5,13 +5,8 @@ A recipe is data, ``configs/<name>.json``, written from the authors' release's l
 ``all`` section and one per domain, and may ``extends`` another recipe. ``pretrain_as`` names the
 recipe whose pretraining run it fine-tunes from: WSRL's variants share WSRL's, each baseline has
 its own, RLPD none. Loss settings per algorithm and domain live in ``configs/algorithms.json`` and
-apply whichever recipe pretrains with that algorithm.
-
-Precedence, lowest first. Pretraining: dataclass defaults < the recipe's pretrain half (parent
-before child, ``all`` before the domain) < the algorithm's settings for the domain < flags.
-Fine-tuning: dataclass defaults < the checkpoint (env, networks, losses, reward shaping, recipe)
-< the recipe's finetune half (``--online-algo X`` alone: X's baseline's) < flags. Without a
-checkpoint (``--from-scratch``, RLPD) the networks are the recipe's pretraining networks.
+apply whichever recipe pretrains with that algorithm. Where these stand among a run's other
+sources of settings (checkpoint, resumed run, env suite, flags): `wsrl.defaults.run_defaults`.
 """
 
 from __future__ import annotations
