@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The bf16-vs-fp32 learning comparison of docs/performance.md ("Learning with bf16"), as its
 # protocol states it: every study seed fine-tuned from the study's own fp32 pretraining
-# checkpoint, once in fp32 (the code-drift check) and once in bf16, two runs at a time, plus one
-# CQL pretraining in bf16 (seed 0). Run it from a git worktree whose runs/study holds the
+# checkpoint, once in fp32 (the code-drift check), once in bf16 and once in bf16 with the last hidden
+# layer in fp32 (bf16-last-fp32), two runs at a time, plus one CQL pretraining in bf16 (seed 0). Run it from a git worktree whose runs/study holds the
 # finished study of docs/results.md. Running it again skips the runs that finished (their
 # checkpoint at --steps) and redoes the others from the start (--overwrite).
 set -euo pipefail
@@ -38,5 +38,7 @@ export WSRL STUDY OUT
 {
     echo "pretrain 0 bf16"
     for seed in 0 1 2 3 4; do echo "finetune $seed fp32"; echo "finetune $seed bf16"; done
+    # The protocol's next step where bf16 learns differently: the last hidden layer back in fp32.
+    for seed in 0 1 2 3 4; do echo "finetune $seed bf16-last-fp32"; done
 } | xargs -P 2 -L 1 bash -c 'one "$@"' _
 "$WSRL" report "$STUDY/wsrl" "$OUT/hopper" --out "$OUT/report"

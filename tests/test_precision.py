@@ -35,7 +35,7 @@ from wsrl import precision
 from wsrl.agents import CQL, IQL, SAC
 from wsrl.agents.sac import temperature_loss
 from wsrl.config import AgentConfig, NetConfig
-from wsrl.nets import ActorCritic, EnsembleMLP, set_precision
+from wsrl.nets import ActorCritic, EnsembleLinear, EnsembleMLP, set_precision
 
 OBS, ACT, BATCH = 11, 3, 256
 NET = NetConfig(critic_hidden=(256, 256), actor_hidden=(256, 256), ensemble_size=4, subsample_size=2)
@@ -105,6 +105,30 @@ def test_hidden_layers_run_in_bf16_and_every_head_in_fp32():
         assert out.dtype == torch.float32, f"{name}: head output is {out.dtype}"
         exact = (x.double() @ head.weight.double() + head.bias.double()).float()
         torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-5, msg=f"{name}: head not computed in fp32")
+
+
+def test_bf16_last_fp32_runs_only_the_last_hidden_layer_in_fp32():
+    """The boundary the learning comparison tests: every hidden layer in bf16 but the last, so the
+    heads read activations computed in fp32 from bf16 inputs."""
+    fp32, _ = models()
+    mixed = copy.deepcopy(fp32)
+    set_precision(mixed, "bf16-last-fp32")
+    b = batch()
+    dtypes: dict[str, list[torch.dtype]] = {}
+    for name, mlp in mixed.named_modules():
+        if isinstance(mlp, EnsembleMLP):
+            for layer in mlp.hidden:
+                if isinstance(layer, EnsembleLinear):
+                    layer.register_forward_hook(lambda m, args, out, name=name: dtypes.setdefault(name, []).append(out.dtype))
+    mixed.critic(b["observations"], b["actions"])
+    mixed.actor(b["observations"])
+    n = len(NET.critic_hidden)
+    assert dtypes["critic.mlp"] == [torch.bfloat16] * (n - 1) + [torch.float32]
+    assert dtypes["actor.mlp"] == [torch.bfloat16] * (len(NET.actor_hidden) - 1) + [torch.float32]
+    # Closer to fp32 than plain bf16 is, where the Q-values are ~300.
+    q32, q_mixed = fp32.critic(b["observations"], b["actions"]), mixed.critic(b["observations"], b["actions"])
+    set_precision(mixed, "bf16")
+    assert relative(q_mixed, q32) < relative(mixed.critic(b["observations"], b["actions"]), q32)
 
 
 def test_q_values_match_fp32():

@@ -102,10 +102,14 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         self.ensemble_size = ensemble_size
         self.hidden_dtype = torch.float32
+        self.last_hidden_fp32 = False  # --precision bf16-last-fp32
+        self.last_linear = -1
         layers: list[nn.Module] = []
         width = in_dim
         for i, h in enumerate(hidden):
             last = i == len(hidden) - 1
+            if last:
+                self.last_linear = len(layers)  # where bf16-last-fp32 returns to fp32
             layers.append(EnsembleLinear(ensemble_size, width, h, init, final_hidden_scale if last else None))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(ensemble_size, h))
@@ -119,7 +123,9 @@ class EnsembleMLP(nn.Module):
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """[B, in] or [E, B, in] -> [E, B, out] (or [len(members), B, out])."""
         x = x.to(self.hidden_dtype)
-        for layer in self.hidden:
+        for i, layer in enumerate(self.hidden):
+            if i == self.last_linear and self.last_hidden_fp32:
+                x = x.float()
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer(x, members)
             elif isinstance(layer, nn.ReLU):
@@ -213,11 +219,12 @@ def _tanh_log_det(u: torch.Tensor) -> torch.Tensor:
 
 
 def set_precision(module: nn.Module, precision: str) -> None:
-    """Run the hidden layers of every network in ``module`` in ``precision`` (fp32 or bf16; see
-    EnsembleMLP). Parameters stay fp32, so this changes no weight and no checkpoint."""
+    """Run the hidden layers of every network in ``module`` in ``precision`` (fp32, bf16, or bf16
+    but the last hidden layer; see EnsembleMLP). Parameters stay fp32, so this changes no weight and no checkpoint."""
     for mlp in module.modules():
         if isinstance(mlp, EnsembleMLP):
             mlp.hidden_dtype = DTYPES[precision]
+            mlp.last_hidden_fp32 = precision == "bf16-last-fp32"
 
 
 def multiplier_init(value: float, softplus: bool) -> float:

@@ -13,8 +13,10 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["fp32", "bf16"]
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+Precision = Literal["fp32", "bf16", "bf16-last-fp32"]
+"""``bf16-last-fp32``: bf16 except the last hidden layer of each network, so that the heads read
+fp32 activations computed in fp32 (the boundary docs/performance.md's learning comparison tests)."""
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-last-fp32": torch.bfloat16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 """/proc/cpuinfo flags of a native bf16 dot product: x86's AVX512-BF16 and AMX, ARM's BF16."""
 
@@ -50,9 +52,9 @@ def bf16_slower(device: torch.device) -> str | None:
 
 def effective_precision(precision: str, device: torch.device) -> Precision:
     """``precision`` where the hardware makes it pay; else fp32, said in one line."""
-    if precision == "bf16":
+    if precision != "fp32":
         why = bf16_slower(device)
         if why is not None:
-            print(f"wsrl: --precision bf16: {why} and slower than fp32; running fp32 instead")
+            print(f"wsrl: --precision {precision}: {why} and slower than fp32; running fp32 instead")
             return "fp32"
     return precision  # type: ignore[return-value]
