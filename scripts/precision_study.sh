@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The bf16-vs-fp32 learning comparison of docs/performance.md ("Learning with bf16"), as its
 # protocol states it: every study seed fine-tuned from the study's own fp32 pretraining
-# checkpoint, once in fp32 (the code-drift check), once in bf16 and once in bf16 with the last hidden
-# layer in fp32 (bf16-last-fp32), two runs at a time, plus one CQL pretraining in bf16 (seed 0). Run it from a git worktree whose runs/study holds the
-# finished study of docs/results.md. Running it again skips the runs that finished (their
+# checkpoint, once in fp32 (the code-drift check), once in bf16 and once in bf16 with the last
+# hidden layer in fp32 (bf16-last-fp32), two runs at a time, plus one CQL pretraining in bf16
+# (seed 0). Run it from a git worktree whose runs/study holds the finished study of
+# docs/results.md. Running it again skips the runs that finished (their
 # checkpoint at --steps) and redoes the others from the start (--overwrite).
 set -euo pipefail
 WSRL=${WSRL:-.venv/bin/wsrl}
