@@ -1,6 +1,6 @@
 """Learner throughput against the physical limit and against plain PyTorch, in one run.
 
-    python scripts/bench_learner.py [--device cpu|cuda] [--precision fp32|bf16] [--json out.json] [--seconds 3] [--rounds 3]
+    python scripts/bench_learner.py [--device cpu|cuda] [--precision fp32|bf16|bf16-last-fp32] [--json out.json] [--seconds 3] [--rounds 3]
 
 Measures, interleaved round by round so that a shared machine's load hits all of them alike:
   peak       fp32 (and with --precision bf16, bf16) matmul throughput of this device (large
@@ -13,7 +13,8 @@ Measures, interleaved round by round so that a shared machine's load hits all of
   cql        the CQL pretraining update of the wsrl recipe on locomotion (10 actions of each kind,
              10 critics, max-target backup over 10 next actions, batch 256)
 With --precision bf16 the wsrl and cql updates also run with bf16 hidden layers (same initial
-weights), and the bf16 matmul peak is measured, all in the same rounds.
+weights), and the bf16 matmul peak is measured, all in the same rounds; --precision bf16-last-fp32
+likewise, with the last hidden layer of each network in fp32.
 Reported: env-steps/s (one WSRL update per env step), critic updates/s, updates/s, the FLOPs of
 one update counted analytically, achieved GFLOP/s and the fraction of each peak, ours /
 reference, and bf16 / fp32.
@@ -29,6 +30,7 @@ import json
 import math
 import statistics
 import time
+from typing import get_args
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ from wsrl.config import AgentConfig, NetConfig
 from wsrl.data.buffer import ReplayBuffer
 from wsrl.fast import auto_threads, configure_cpu, make_update
 from wsrl.nets import ActorCritic, set_precision
-from wsrl.precision import DTYPES, bf16_slower
+from wsrl.precision import DTYPES, Precision, bf16_slower
 from wsrl.recipes import finetune_defaults, pretrain_defaults
 
 OBS, ACT = 17, 6  # HalfCheetah
@@ -254,8 +256,10 @@ def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threa
     wsrl_model = ActorCritic(OBS, ACT, net, 1.0, agent_cfg.cql_alpha).to(device)
     cql_model = ActorCritic(OBS, ACT, offline.net, 1.0, offline.agent.cql_alpha).to(device)
     plain = PlainWSRL(wsrl_model, net, agent_cfg)
-    precisions = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
-    cases = {f"peak_{p}": (lambda s, p=p: measure_peak(device, s, DTYPES[p])) for p in precisions}
+    # The updates in fp32 and in the precision asked for; the matmul peaks of fp32 and bf16.
+    precisions = ("fp32", precision) if precision != "fp32" else ("fp32",)
+    dtypes = ("fp32", "bf16") if precision != "fp32" else ("fp32",)
+    cases = {f"peak_{d}": (lambda s, d=d: measure_peak(device, s, DTYPES[d])) for d in dtypes}
     cases["reference"] = lambda s: timed(lambda: plain.update(buf.sample(utd, batch // utd)), device, s)
     for p in precisions:  # same initial weights in every precision
         wsrl_update = make_update(_agent(SAC, wsrl_model, agent_cfg, net, p), run_cfg, device)
@@ -268,11 +272,11 @@ def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threa
             samples[name].append(case(seconds))
     med = {k: statistics.median(v) for k, v in samples.items()}
 
-    peaks = {p: med[f"peak_{p}"] for p in precisions}
+    peaks = {d: med[f"peak_{d}"] for d in dtypes}
     wf, cf = wsrl_flops(net, batch, utd), cql_flops(offline.net, offline.batch_size, offline.agent.cql_n_actions)
     buf_bytes = ReplayBuffer(1, OBS, ACT, "cpu").bytes_per_transition
     report = {
-        "device": str(device), "threads": threads_used, "compile": compile_, "rounds": rounds,
+        "device": str(device), "threads": threads_used, "compile": compile_, "rounds": rounds, "precisions": precisions,
         "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
         "wsrl_gflop_per_update": wf["total"] / 1e9, "cql_gflop_per_update": cf["total"] / 1e9,
         "reference": {"env_steps_per_s": med["reference"], "critic_updates_per_s": utd * med["reference"],
@@ -286,10 +290,12 @@ def run(device: torch.device, seconds: float, rounds: int, compile_: bool, threa
         report[p] = {"wsrl": {"env_steps_per_s": med[f"wsrl_{p}"], "critic_updates_per_s": utd * med[f"wsrl_{p}"],
                               **_rate(wf["total"], med[f"wsrl_{p}"], peaks)},
                      "cql": {"updates_per_s": med[f"cql_{p}"], **_rate(cf["total"], med[f"cql_{p}"], peaks)}}
-    if precision == "bf16":
+    if precision != "fp32":
         # Ratios within each round, then their median: a shared machine's load changes between rounds.
-        report["bf16_over_fp32"] = {k: statistics.median(b / f for b, f in zip(samples[f"{k}_bf16"], samples[f"{k}_fp32"]))
-                                    for k in ("wsrl", "cql", "peak")}
+        report["precision"] = precision
+        report["over_fp32"] = {k: statistics.median(b / f for b, f in zip(samples[f"{k}_{precision}"], samples[f"{k}_fp32"]))
+                               for k in ("wsrl", "cql")}
+        report["over_fp32"]["peak"] = statistics.median(b / f for b, f in zip(samples["peak_bf16"], samples["peak_fp32"]))
         report["bf16_native"] = bf16_slower(device) is None
     return report
 
@@ -302,7 +308,7 @@ def table(r: dict) -> str:
 
     lines = [f"device {r['device']}, {r['threads']} thread(s), compile={r['compile']}, median of {r['rounds']} rounds"]
     lines += [f"{p} matmul peak              {v:8.1f} GFLOP/s" for p, v in peaks.items()]
-    for p in peaks:
+    for p in r["precisions"]:
         w, c = r[p]["wsrl"], r[p]["cql"]
         lines += [f"WSRL update, {p}            {w['env_steps_per_s']:8.2f} env-steps/s  {w['critic_updates_per_s']:7.2f} critic-updates/s"
                   f"  {w['gflops']:6.1f} GFLOP/s  {of_peaks(w)}  ({r['wsrl_gflop_per_update']:.2f} GFLOP/update)"]
@@ -313,9 +319,10 @@ def table(r: dict) -> str:
                       f"ours (fp32) / reference     {r['wsrl_over_reference']:8.2f}x"]
         lines += [f"CQL update, {p}             {c['updates_per_s']:8.2f} updates/s  {c['gflops']:6.1f} GFLOP/s"
                   f"  {of_peaks(c)}  ({r['cql_gflop_per_update']:.2f} GFLOP/update)"]
-    if "bf16_over_fp32" in r:
-        x = r["bf16_over_fp32"]
-        lines += [f"bf16 / fp32 (median of per-round ratios): WSRL {x['wsrl']:.2f}x, CQL {x['cql']:.2f}x, matmul peak {x['peak']:.2f}x"
+    if "over_fp32" in r:
+        x = r["over_fp32"]
+        lines += [f"{r['precision']} / fp32 (median of per-round ratios): WSRL {x['wsrl']:.2f}x, CQL {x['cql']:.2f}x, "
+                  f"matmul peak bf16 / fp32 {x['peak']:.2f}x"
                   + ("" if r["bf16_native"] else "  (no native bf16 here: emulated)")]
     lines += [f"replay memory               {r['replay_bytes_per_transition']} bytes/transition (float32), "
               f"{r['replay_mb_per_1m_transitions']:.0f} MiB per 1M transitions"]
@@ -330,11 +337,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="torch.compile our update (as wsrl --compile)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for all cases; 0 = wsrl's auto setting")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: also the bf16 updates and matmul peak, against fp32 in the same rounds")
+    p.add_argument("--precision", choices=get_args(Precision), default="fp32",
+                   help="bf16 (or bf16-last-fp32): also those updates and the bf16 matmul peak, against fp32 in the same rounds")
     a = p.parse_args()
     device = torch.device(a.device)
-    if a.precision == "bf16" and bf16_slower(device):
+    if a.precision != "fp32" and bf16_slower(device):
         print(f"note: {bf16_slower(device)}; measuring bf16 anyway, as wsrl would not run it here")
     report = run(device, a.seconds, a.rounds, a.compile, a.threads, a.precision)
     print(table(report))

@@ -163,7 +163,8 @@ class RunConfig:
     precision: Precision = "fp32"
     """Precision of the hidden layers' matmuls (critics, actor, value net): fp32, or bf16 where the hardware multiplies
     bf16 natively (CPUs with avx512_bf16/amx_bf16, CUDA sm80+; elsewhere it says so and runs fp32). Weights, Adam,
-    output heads, losses and targets stay fp32 (docs/performance.md). Checkpoints load in either precision."""
+    output heads, losses and targets stay fp32 (docs/performance.md). bf16-last-fp32: bf16 but the last hidden layer
+    (as fast as fp32 at 2 hidden layers; the boundary the learning comparison tested). Checkpoints load in any precision."""
     lr_schedule: Schedule = "constant"
     """Learning rate over the updates, counted from the first (after the warmup): constant; rewarm (linear from
     lr_warmup_start x lr to lr over lr_warmup_updates); wsd (rewarm, then linear decay to lr_final x lr over the
