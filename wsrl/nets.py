@@ -102,14 +102,13 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         self.ensemble_size = ensemble_size
         self.hidden_dtype = torch.float32
-        self.last_hidden_fp32 = False  # --precision bf16-last-fp32
-        self.last_linear = -1
         layers: list[nn.Module] = []
+        self.last_linear = 0  # the index of the last hidden Dense in ``hidden``
         width = in_dim
         for i, h in enumerate(hidden):
             last = i == len(hidden) - 1
             if last:
-                self.last_linear = len(layers)  # where bf16-last-fp32 returns to fp32
+                self.last_linear = len(layers)
             layers.append(EnsembleLinear(ensemble_size, width, h, init, final_hidden_scale if last else None))
             if layer_norm:
                 layers.append(EnsembleLayerNorm(ensemble_size, h))
@@ -118,13 +117,16 @@ class EnsembleMLP(nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = h
         self.hidden = nn.Sequential(*layers)
+        self.fp32_from = len(layers)
+        """The hidden layers from this index on run in fp32 whatever ``hidden_dtype`` (bf16-last-fp32:
+        the last Dense); by default none."""
         self.head = EnsembleLinear(1 if shared_head else ensemble_size, width, out_dim, "orthogonal")
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
         """[B, in] or [E, B, in] -> [E, B, out] (or [len(members), B, out])."""
         x = x.to(self.hidden_dtype)
         for i, layer in enumerate(self.hidden):
-            if i == self.last_linear and self.last_hidden_fp32:
+            if i == self.fp32_from:
                 x = x.float()
             if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)):
                 x = layer(x, members)
@@ -224,7 +226,7 @@ def set_precision(module: nn.Module, precision: str) -> None:
     for mlp in module.modules():
         if isinstance(mlp, EnsembleMLP):
             mlp.hidden_dtype = DTYPES[precision]
-            mlp.last_hidden_fp32 = precision == "bf16-last-fp32"
+            mlp.fp32_from = mlp.last_linear if precision == "bf16-last-fp32" else len(mlp.hidden)
 
 
 def multiplier_init(value: float, softplus: bool) -> float:
